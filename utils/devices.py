@@ -1,0 +1,76 @@
+"""Device selection and timing."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+
+class DeviceError(ValueError):
+    """An impossible ``--device`` request; the message is one line."""
+
+
+def select_device(device: str | int | torch.device = "", batch_size: int = 0, verbose: bool = True) -> torch.device:
+    """Turn ``--device`` ('' | 'cpu' | '0' | '0,1' | 'cuda:0' | 'mps') into a torch.device.
+
+    '' picks CUDA device 0 when present, else the CPU. Asking for CUDA on a machine without it raises
+    ``DeviceError`` with one line; ``batch_size`` must be a multiple of the GPU count for multi-GPU runs.
+    """
+    if isinstance(device, torch.device):
+        return device
+    spec = str(device).strip().lower().replace("cuda:", "").replace("none", "").replace(" ", "")
+    if spec == "cpu":
+        dev = torch.device("cpu")
+    elif spec == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError("--device mps: Apple MPS is not available on this machine")
+        dev = torch.device("mps")
+    elif spec == "":
+        dev = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    else:
+        ids = spec.split(",")
+        if not all(i.isdigit() for i in ids):
+            raise DeviceError(f"--device {device}: expected '', 'cpu', 'mps' or CUDA indices such as '0' or '0,1'")
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"--device {device}: CUDA was requested but is not available on this machine (use --device cpu)"
+            )
+        n = torch.cuda.device_count()
+        bad = [i for i in ids if int(i) >= n]
+        if bad:
+            raise DeviceError(f"--device {device}: CUDA device {bad[0]} does not exist ({n} device(s) visible)")
+        if len(ids) > 1 and batch_size > 0 and batch_size % len(ids):
+            raise DeviceError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} GPUs in --device")
+        local_rank = int(os.environ.get("LOCAL_RANK", -1))
+        dev = torch.device(f"cuda:{ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]}")
+    if verbose:
+        desc = "CPU" if dev.type == "cpu" else (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "MPS")
+        print(
+            f"torch-{torch.__version__} {dev.type.upper()}{'' if dev.index is None else ':' + str(dev.index)} ({desc})"
+        )
+    return dev
+
+
+def sync_time(device: torch.device | None = None) -> float:
+    """``time.perf_counter`` after waiting for queued CUDA work, so timings measure the work itself."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class Profile:
+    """Accumulating timer: ``with dt: ...`` adds the elapsed seconds to ``dt.t``."""
+
+    def __init__(self, device: torch.device | None = None):
+        self.t = 0.0
+        self.device = device
+
+    def __enter__(self) -> Profile:
+        self.start = sync_time(self.device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.dt = sync_time(self.device) - self.start
+        self.t += self.dt

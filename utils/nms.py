@@ -1,0 +1,80 @@
+"""Non-maximum suppression over the decoded head output, through ``torchvision.ops``."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms
+
+from utils.boxes import xywh2xyxy
+
+MAX_NMS = 30000  # candidates per image that enter NMS, most confident first
+
+
+def non_max_suppression(
+    prediction: torch.Tensor | tuple | list,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+    multi_label: bool = False,
+    max_det: int = 300,
+    extra_labels: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Filter and suppress the candidates of each image.
+
+    Args:
+        prediction: Tensor[B, N, 5 + nc] decoded head output (xywh pixels of the network input, objectness,
+            class probabilities), or the ``(decoded, raw)`` tuple an eval-mode model returns.
+        conf_thres: keep candidates whose objectness and (objectness x class probability) exceed this.
+        iou_thres: IoU above which a lower-scored box of the same class is suppressed.
+        classes: keep only these class indices.
+        agnostic: suppress across classes.
+        multi_label: a box may produce one candidate per class above ``conf_thres`` (validation default).
+        max_det: detections kept per image.
+        extra_labels: per image Tensor[n, 5] (cls, x, y, w, h pixels) added as candidates of confidence 1.0
+            (``--save-hybrid`` autolabelling: ground truth merged with predictions).
+
+    Returns:
+        One Tensor[n, 6] per image: (x1, y1, x2, y2, conf, cls), xyxy pixels of the network input, sorted by
+        descending confidence. Every image is processed: there is no time limit that could skip the rest of a
+        batch.
+    """
+    if isinstance(prediction, (list, tuple)):
+        prediction = prediction[0]
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"--conf-thres {conf_thres}: must be between 0.0 and 1.0")
+    if not 0 <= iou_thres <= 1:
+        raise ValueError(f"--iou-thres {iou_thres}: must be between 0.0 and 1.0")
+    nc = prediction.shape[2] - 5
+    multi_label &= nc > 1
+    out = []
+    for xi, x in enumerate(prediction):
+        x = x[x[:, 4] > conf_thres]
+        if extra_labels is not None and len(extra_labels[xi]):
+            lb = extra_labels[xi].to(x.dtype)
+            v = torch.zeros((len(lb), nc + 5), device=x.device, dtype=x.dtype)
+            v[:, :4] = lb[:, 1:5]
+            v[:, 4] = 1.0
+            v[torch.arange(len(lb)), lb[:, 0].long() + 5] = 1.0
+            x = torch.cat((x, v), 0)
+        if not x.shape[0]:
+            out.append(torch.zeros((0, 6), device=prediction.device))
+            continue
+        scores = x[:, 5:] * x[:, 4:5]
+        box = xywh2xyxy(x[:, :4])
+        if multi_label:
+            i, j = (scores > conf_thres).nonzero(as_tuple=False).T
+            det = torch.cat((box[i], scores[i, j, None], j[:, None].to(x.dtype)), 1)
+        else:
+            conf, j = scores.max(1, keepdim=True)
+            det = torch.cat((box, conf, j.to(x.dtype)), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
+        if not det.shape[0]:
+            out.append(torch.zeros((0, 6), device=prediction.device))
+            continue
+        det = det[det[:, 4].argsort(descending=True)[:MAX_NMS]]
+        group = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
+        keep = batched_nms(det[:, :4].float(), det[:, 4].float(), group, iou_thres)[:max_det]
+        out.append(det[keep])
+    return out

@@ -1,0 +1,127 @@
+"""Command-line options shared by the scripts, each declared once, and the entry-point error handling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def weights_options(default: str | None = "yolov5s.pt") -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        type=str,
+        default=[default] if default else [],
+        help="model path(s): .pt (ours or official YOLOv5), several build an Ensemble",
+    )
+    return p
+
+
+def data_options(default: str = "data/coco128.yaml") -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--data", type=str, default=default, help="dataset YAML path or name (e.g. coco128)")
+    return p
+
+
+def image_size_options(default: int = 640) -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=default, help="inference size (pixels)")
+    return p
+
+
+def device_options() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    return p
+
+
+def threshold_options(conf: float, iou: float) -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--conf-thres", type=float, default=conf, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=iou, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    return p
+
+
+def inference_options() -> argparse.ArgumentParser:
+    """Test-time augmentation, ensembling and pruning: the same flags for val.py, detect.py and export.py."""
+    p = _parent()
+    p.add_argument("--augment", action="store_true", help="test-time augmentation (scales and flips)")
+    p.add_argument("--tta-scales", type=float, nargs="+", default=None, help="TTA scales (default 1 0.83 0.67)")
+    p.add_argument(
+        "--tta-flips",
+        type=str,
+        nargs="+",
+        default=None,
+        help="TTA flip per scale: none, lr (left-right) or ud (up-down) (default none lr none)",
+    )
+    p.add_argument(
+        "--ensemble-mode",
+        choices=("nms", "mean", "max", "wbf"),
+        default="nms",
+        help="how several --weights are merged (default: one NMS over all members' candidates)",
+    )
+    p.add_argument("--prune", type=float, default=0.0, help="global L1 unstructured sparsity of conv weights (0-1)")
+    p.add_argument(
+        "--prune-exclude",
+        type=str,
+        nargs="*",
+        default=[],
+        help="module name prefixes kept dense, e.g. model.24 (the Detect head)",
+    )
+    return p
+
+
+def output_options(default_project: str) -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--project", default=str(REPO_ROOT / default_project), help="save results to project/name")
+    p.add_argument("--name", default="exp", help="save results to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    return p
+
+
+def print_args(script: str, args: dict) -> None:
+    """The echo line users know: ``val: data=..., weights=[...], ...``."""
+    print(f"{script}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message is a complete one-line explanation for the user (no traceback)."""
+    from utils.checkpoints import CheckpointError
+    from utils.dataset_config import DatasetError
+    from utils.devices import DeviceError
+
+    errors: list[type[Exception]] = [CheckpointError, DatasetError, DeviceError, FileNotFoundError]
+    try:
+        from utils.sources import SourceError
+
+        errors.append(SourceError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class UsageError(ValueError):
+    """A flag combination that cannot work; the message names the flag."""
+
+
+def run_cli(script: str, main: Callable[[], object]) -> None:
+    """Run ``main``; user errors print one ``script: error: ...`` line and exit 2 instead of a traceback."""
+    try:
+        main()
+    except (*user_errors(), UsageError) as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{script}: interrupted", file=sys.stderr)
+        sys.exit(130)
