@@ -172,16 +172,14 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
         results = {}
         counts = {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
         with ThreadPoolExecutor(max(1, min(workers, 16))) as pool:
-            bar = tqdm(
-                pool.map(verify_image_label, im_files, lb_files, [nc] * len(im_files)),
-                total=len(im_files),
-                desc=desc,
-                bar_format="{l_bar}{bar:10}{r_bar}",
-            )
-            for f, (lb, size, status, msg) in zip(im_files, bar):
+            bar = tqdm(total=len(im_files), desc=desc, bar_format="{l_bar}{bar:10}{r_bar}")
+            checked = pool.map(verify_image_label, im_files, lb_files, [nc] * len(im_files))
+            for f, (lb, size, status, msg) in zip(im_files, checked):
+                bar.update(1)
                 counts[status] += 1
                 results[f] = [None if lb is None else lb.tolist(), size, msg]
                 bar.set_description(f"{desc} {_summary(counts)}", refresh=False)
+            bar.set_description(f"{desc} {_summary(counts)}")  # final counts always shown
             bar.close()
         cache = {"version": CACHE_VERSION, "hash": key, "entries": results, "counts": counts}
         if use_cache:

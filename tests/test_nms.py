@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from utils.nms import non_max_suppression
+
+
+def _cand(boxes_xywh, obj, cls_probs):
+    """One image's decoded candidates Tensor[1, N, 5 + nc]."""
+    return torch.cat((torch.tensor(boxes_xywh), torch.tensor(obj)[:, None], torch.tensor(cls_probs)), 1)[None]
+
+
+def test_suppresses_overlap_of_same_class_only():
+    p = _cand(
+        [[50, 50, 20, 20], [51, 50, 20, 20], [51, 50, 20, 20]], [0.9, 0.8, 0.7], [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    )
+    out = non_max_suppression(p, 0.25, 0.45)[0]
+    assert out.shape == (2, 6)
+    assert out[:, 5].tolist() == [0.0, 1.0]
+    assert out[:, 4].tolist() == pytest.approx([0.9, 0.7])
+    assert out[0, :4].tolist() == [40.0, 40.0, 60.0, 60.0]
+    agnostic = non_max_suppression(p, 0.25, 0.45, agnostic=True)[0]
+    assert agnostic.shape[0] == 1
+
+
+def test_conf_threshold_uses_obj_times_class():
+    p = _cand([[50, 50, 20, 20]], [0.5], [[0.4, 0.6]])  # scores 0.2 and 0.3
+    assert non_max_suppression(p, 0.25, 0.45)[0][:, 5].tolist() == [1.0]
+    multi = non_max_suppression(p, 0.1, 0.45, multi_label=True)[0]
+    assert sorted(multi[:, 5].tolist()) == [0.0, 1.0]
+
+
+def test_class_filter_and_max_det():
+    boxes = [[10 + 30 * i, 10, 20, 20] for i in range(10)]
+    p = _cand(boxes, [0.9] * 10, [[1.0, 0.0] if i % 2 else [0.0, 1.0] for i in range(10)])
+    assert non_max_suppression(p, 0.25, 0.45, classes=[1])[0].shape[0] == 5
+    assert non_max_suppression(p, 0.25, 0.45, max_det=3)[0].shape[0] == 3
+
+
+def test_every_image_is_processed_even_with_many_candidates():
+    torch.manual_seed(0)
+    n = 20000
+    xy = torch.rand(4, n, 2) * 600
+    wh = torch.rand(4, n, 2) * 100 + 5
+    p = torch.cat((xy, wh, torch.rand(4, n, 1), torch.rand(4, n, 80)), 2)
+    out = non_max_suppression(p, 0.001, 0.6, multi_label=True)
+    assert len(out) == 4 and all(o.shape[0] == 300 for o in out)
+
+
+def test_bad_thresholds_are_clear_errors():
+    with pytest.raises(ValueError, match="--conf-thres"):
+        non_max_suppression(torch.zeros(1, 1, 7), 1.5, 0.45)
