@@ -210,9 +210,12 @@ def _from_official(ckpt: Any, path: Path) -> dict:
         state = {k: v.float() if v.is_floating_point() else v for k, v in _inert_state_dict(model).items()}
         stride = d.get("stride")
         meta = {k: ckpt.get(k) for k in ("epoch", "best_fitness", "date") if k in ckpt}
+        model_yaml = dict(d["yaml"])
+        if isinstance(d.get("yaml_file"), str):  # e.g. 'yolov5n.yaml': names the summary line
+            model_yaml.setdefault("yaml_file", Path(d["yaml_file"]).name)
         return {
             "format": FORMAT,
-            "model_yaml": dict(d["yaml"]),
+            "model_yaml": model_yaml,
             "names": normalize_names(names, d["yaml"].get("nc")),
             "stride": [float(s) for s in stride] if stride is not None else None,
             "state_dict": state,

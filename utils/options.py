@@ -97,11 +97,12 @@ def print_args(script: str, args: dict) -> None:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Errors whose message is a complete one-line explanation for the user (no traceback)."""
+    from models.ensemble import EnsembleError
     from utils.checkpoints import CheckpointError
     from utils.dataset_config import DatasetError
     from utils.devices import DeviceError
 
-    errors: list[type[Exception]] = [CheckpointError, DatasetError, DeviceError, FileNotFoundError]
+    errors: list[type[Exception]] = [CheckpointError, DatasetError, DeviceError, EnsembleError, FileNotFoundError]
     try:
         from utils.sources import SourceError
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from utils.options import UsageError
+
 
 def prunable_convs(model: nn.Module, exclude: list[str] | None = None) -> list[tuple[str, nn.Conv2d]]:
     """Every Conv2d of ``model`` whose qualified name does not start with a prefix in ``exclude``."""
@@ -35,10 +37,10 @@ def global_l1_prune(
     Prints ``Pruned: 30.0% of conv weights zero (per layer 1.2%-74.5%)``; returns per-layer sparsity.
     """
     if not 0 < amount < 1:
-        raise ValueError(f"--prune {amount}: expected a fraction between 0 and 1")
+        raise UsageError(f"--prune {amount}: expected a fraction between 0 and 1")
     convs = prunable_convs(model, exclude)
     if not convs:
-        raise ValueError(f"--prune-exclude {exclude}: every conv layer is excluded, nothing to prune")
+        raise UsageError(f"--prune-exclude {exclude}: every conv layer is excluded, nothing to prune")
     print(f"Pruning model... {amount:g} global sparsity")
     prune.global_unstructured([(m, "weight") for _, m in convs], pruning_method=prune.L1Unstructured, amount=amount)
     per_layer = {n: float((m.weight == 0).float().mean()) for n, m in convs}

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from utils.options import UsageError
+
 DEFAULT_SCALES = (1.0, 0.83, 0.67)
 DEFAULT_FLIPS = ("none", "lr", "none")
 _FLIP_DIMS = {"none": None, "lr": 3, "ud": 2}
@@ -32,7 +34,7 @@ class TTA(torch.nn.Module):
 
     Args:
         model: callable on Tensor[B, 3, H, W] returning decoded Tensor[B, N, 5 + nc] (or ``(decoded, raw)``).
-        scales, flips: one flip (``none``, ``lr``, ``ud``) per scale.
+        scales, flips: one flip (``none``, ``lr``, ``ud``) per scale; custom scales without flips get ``none``.
         nl: detection levels of the model; used to clip the large-object tail of the first pass and the
             small-object tail of the last pass (YOLOv5's behaviour). ``None`` disables clipping (ensembles of
             different level counts).
@@ -42,14 +44,16 @@ class TTA(torch.nn.Module):
         self, model: Callable, scales=DEFAULT_SCALES, flips=DEFAULT_FLIPS, stride: int = 32, nl: int | None = 3
     ):
         super().__init__()
-        scales, flips = tuple(scales or DEFAULT_SCALES), tuple(flips or DEFAULT_FLIPS[: len(scales or ())])
+        if flips is None:  # YOLOv5's pattern (none, lr, none) for the defaults, no flips for custom scales
+            flips = DEFAULT_FLIPS if scales is None else ("none",) * len(scales)
+        scales, flips = tuple(scales or DEFAULT_SCALES), tuple(flips)
         if len(flips) != len(scales):
-            raise ValueError(f"--tta-flips: {len(flips)} flips for {len(scales)} --tta-scales; give one per scale")
+            raise UsageError(f"--tta-flips: {len(flips)} flips for {len(scales)} --tta-scales; give one per scale")
         bad = [f for f in flips if f not in _FLIP_DIMS]
         if bad:
-            raise ValueError(f"--tta-flips {bad[0]}: expected none, lr or ud")
+            raise UsageError(f"--tta-flips {bad[0]}: expected none, lr or ud")
         if any(s <= 0 for s in scales):
-            raise ValueError(f"--tta-scales {scales}: scales must be positive")
+            raise UsageError(f"--tta-scales {scales}: scales must be positive")
         self.model, self.scales, self.flips, self.stride, self.nl = model, scales, flips, stride, nl
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
