@@ -12,6 +12,7 @@ import torch
 import yaml
 from torch import nn
 
+from models.backbones import Take, TorchvisionBackbone
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
 
 CFG_DIR = Path(__file__).resolve().parent
@@ -89,6 +90,8 @@ LAYERS: dict[str, type[nn.Module]] = {
     "nn.Upsample": nn.Upsample,
     "Upsample": nn.Upsample,
     "Detect": Detect,
+    "TorchvisionBackbone": TorchvisionBackbone,  # multi-output: [P3, P4, P5]; ``Take`` layers pick from it
+    "Take": Take,
 }
 _CONV_LIKE = (Conv, Bottleneck, C3, SPPF, SPP, Focus)
 _REPEAT_INSIDE = (C3,)  # these take the repeat count as an argument instead of being stacked
@@ -103,10 +106,12 @@ def make_divisible(x: float, divisor: int = 8) -> int:
     return int(math.ceil(x / divisor) * divisor)
 
 
-def _resolve_arg(a: Any, symbols: dict[str, Any], where: str) -> Any:
+def _resolve_arg(a: Any, symbols: dict[str, Any], where: str, strict: bool = True) -> Any:
     if isinstance(a, str):
         if a in symbols:
             return symbols[a]
+        if not strict:
+            return a
         raise ValueError(f"{where}: unknown argument {a!r} (known symbols: {', '.join(symbols)})")
     return a
 
@@ -124,7 +129,8 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         if name not in LAYERS:
             raise ValueError(f"model layer {i}: unknown layer type {name!r}; known types: {', '.join(LAYERS)}")
         m = LAYERS[name]
-        args = [_resolve_arg(a, symbols, f"model layer {i} ({name})") for a in args]
+        strict = not getattr(m, "yaml_string_args", False)  # such layers take plain names (a torchvision model)
+        args = [_resolve_arg(a, symbols, f"model layer {i} ({name})", strict) for a in args]
         n = n_ = max(round(n * gd), 1) if n > 1 else n
         if m in _CONV_LIKE:
             c1, c2 = ch[f], args[0]
@@ -241,7 +247,7 @@ class DetectionModel(nn.Module):
         if verbose:
             print("Fusing layers... ")
         for m in self.model.modules():
-            if isinstance(m, Conv):
+            if isinstance(m, (Conv, TorchvisionBackbone)):
                 m.fuse()
         return self
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, distributed
+from torch.utils.data import DataLoader, Dataset, Sampler, distributed
 
 from utils.augment import letterbox, resize_long_side
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
@@ -204,29 +204,89 @@ def create_dataloader(
     shuffle: bool = False,
     single_cls: bool = False,
     seed: int = 0,
+    quad: bool = False,
+    persistent: bool | None = None,
 ):
-    """A DataLoader over ``YoloDataset``; DistributedSampler when ``rank`` >= 0. Returns (loader, dataset)."""
+    """A DataLoader over ``YoloDataset``; DistributedSampler when ``rank`` >= 0. Returns (loader, dataset).
+
+    ``persistent`` keeps the worker processes between passes (default: for augmented training data only).
+    """
     dataset = YoloDataset(
         sources, nc, img_size, batch_size, augment, hyp, rect, stride, pad, single_cls, cache, prefix, workers
     )
+    loader = make_loader(
+        dataset, batch_size, rank=rank, workers=workers, shuffle=shuffle, seed=seed, quad=quad, persistent=persistent
+    )
+    return loader, dataset
+
+
+def make_loader(
+    dataset: YoloDataset,
+    batch_size: int,
+    rank: int = -1,
+    workers: int = 8,
+    shuffle: bool = False,
+    seed: int = 0,
+    sampler: Sampler | None = None,
+    quad: bool = False,
+    persistent: bool | None = None,
+) -> DataLoader:
+    """A DataLoader over an existing dataset.
+
+    Training builds a new loader when the dataset's state changes (mosaic switched off for the last epochs):
+    persistent workers hold their own copy of the dataset and would not see the change. ``sampler`` overrides
+    shuffling (``--image-weights``); ``rank`` >= 0 uses a DistributedSampler. ``quad`` collates 4 images into one
+    (and drops an incomplete last batch).
+    """
     batch_size = min(batch_size, len(dataset))
     nw = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, workers)
-    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    if sampler is None and rank != -1:
+        sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     generator = torch.Generator()
     generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         num_workers=nw,
         sampler=sampler,
         pin_memory=torch.cuda.is_available(),
-        collate_fn=YoloDataset.collate_fn,
+        collate_fn=collate_quad if quad else YoloDataset.collate_fn,
         worker_init_fn=seed_worker,
         generator=generator,
-        persistent_workers=nw > 0 and augment,
+        persistent_workers=nw > 0 and (dataset.augment if persistent is None else persistent),
+        drop_last=quad,  # quad collation needs groups of 4 images
     )
-    return loader, dataset
+
+
+def collate_quad(batch):
+    """``--quad`` collation: every 4 images become one image of twice the size, a 2x2 tile or the first image
+    upscaled 2x (half the time each); labels (img, cls, xywhn) follow. Returns a batch of ``len(batch) // 4``.
+    """
+    ims, labels, paths, shapes = YoloDataset.collate_fn(batch)
+    n = len(batch) // 4
+    out_ims, out_labels = [], []
+    offsets = torch.tensor([[0.0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 1, 1, 0, 0]])
+    for i in range(n):
+        j = 4 * i
+        if torch.rand(1).item() < 0.5:
+            im = torch.nn.functional.interpolate(ims[j : j + 1].float(), scale_factor=2.0, mode="bilinear")
+            im = im.round().clamp(0, 255).to(ims.dtype)[0]
+            lb = labels[labels[:, 0] == j].clone()
+        else:
+            top = torch.cat((ims[j], ims[j + 1]), 2)
+            bottom = torch.cat((ims[j + 2], ims[j + 3]), 2)
+            im = torch.cat((top, bottom), 1)
+            parts = []
+            for k in range(4):  # each tile covers half of the new image in x and y
+                lb = labels[labels[:, 0] == j + k].clone()
+                lb[:, 2:] = (lb[:, 2:] + offsets[k, 2:]) * 0.5
+                parts.append(lb)
+            lb = torch.cat(parts, 0)
+        lb[:, 0] = i
+        out_ims.append(im)
+        out_labels.append(lb)
+    return torch.stack(out_ims, 0), torch.cat(out_labels, 0), list(paths[: 4 * n : 4]), list(shapes[: 4 * n : 4])
 
 
 def label_stats(dataset: YoloDataset) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Build the model that ``val.py`` and ``detect.py`` run: weights -> (Ensemble) -> prune -> TTA -> precision."""
+"""Build the model that ``val.py`` and ``detect.py`` run: weights -> (Ensemble) -> prune -> TTA -> precision.
+
+Weights may be any format of ``utils.backends`` (``.pt``, ``.torchscript``, ``.onnx``, ``*_openvino_model/``),
+mixed freely inside an ensemble. PyTorch members can be pruned and run in fp16; exported members run as exported.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from torch import nn
 
 from models.ensemble import Ensemble, members_summary
 from models.yolo import model_summary
-from utils.checkpoints import load_model
+from utils.backends import Backend, PyTorchBackend, load_backend
+from utils.options import UsageError
 
 
 class InferenceModel(nn.Module):
@@ -20,7 +25,8 @@ class InferenceModel(nn.Module):
 
     Attributes:
         names: class names by index. max_stride: the largest stride (input sizes must be multiples).
-        supports_rect: whether inputs may be non-square (rectangular batches).
+        supports_rect: whether inputs may be non-square (rectangular batches); False when a member has a fixed
+            input shape, which then is ``fixed_imgsz`` (height, width), else None.
         half_precision: fp16 inputs expected. member_times: per-member seconds for ensembles, else None.
     """
 
@@ -32,6 +38,7 @@ class InferenceModel(nn.Module):
         weight_paths: list[str],
         half: bool,
         member_times_of: Ensemble | None = None,
+        fixed_imgsz: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.net = net
@@ -39,7 +46,8 @@ class InferenceModel(nn.Module):
         self.max_stride = max_stride
         self.weight_paths = weight_paths
         self.half_precision = half
-        self.supports_rect = True
+        self.fixed_imgsz = fixed_imgsz
+        self.supports_rect = fixed_imgsz is None
         self._ensemble = member_times_of
 
     @property
@@ -59,6 +67,25 @@ def _warn_half_on_cpu(device: torch.device) -> None:
     print(f"WARNING ⚠️ --half: fp16 inference is CUDA-only; running fp32 on {device.type.upper()}")
 
 
+def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[int, int] | None:
+    """The one input size fixed-shape members accept; ``UsageError`` when it cannot be ``--imgsz`` square."""
+    fixed = {(p, m.imgsz) for p, m in zip(paths, members) if not m.dynamic}
+    if not fixed:
+        return None
+    sizes = {s for _, s in fixed}
+    p, (h, w) = sorted(fixed)[0]
+    if len(sizes) > 1:
+        raise UsageError(f"--weights: fixed-shape exports disagree on the input size {sorted(sizes)}; re-export")
+    if h != w:
+        raise UsageError(
+            f"--weights {p}: fixed {h}x{w} input, but images are letterboxed to a square --imgsz; "
+            f"re-export with a square --imgsz or --dynamic"
+        )
+    if imgsz != h:
+        raise UsageError(f"--imgsz {imgsz}: {p} was exported with a fixed {h}x{w} input; use --imgsz {h}")
+    return h, w
+
+
 def load_inference_model(
     weights: list[str] | str,
     device: torch.device,
@@ -73,39 +100,58 @@ def load_inference_model(
     imgsz: int = 640,
     fuse: bool = True,
 ) -> InferenceModel:
-    """Load one or several weights into an ``InferenceModel``; prints the summary line(s) users expect."""
-    paths = [weights] if isinstance(weights, (str, Path)) else list(weights)
+    """Load one or several weights of any format into an ``InferenceModel``; prints the summary line(s).
+
+    Raises ``UsageError`` for flags an exported member cannot honour (``--prune``; ``--augment`` with a fixed-shape
+    export; an ``--imgsz`` other than a fixed export's) instead of dropping that member or the flag.
+    """
+    paths = [str(p) for p in ([weights] if isinstance(weights, (str, Path)) else list(weights))]
     if not paths:
         raise FileNotFoundError("--weights: no weights given")
     if half and device.type != "cuda":
         _warn_half_on_cpu(device)
         half = False
-    print("Fusing layers... ") if fuse else None
-    members = []
+    if any(p.lower().endswith(".pt") for p in paths):
+        print("Fusing layers... ") if fuse else None
+    members: list[Backend] = []
     for p in paths:
-        m = load_model(p, device, fuse=fuse)
-        print(model_summary(m, imgsz))
+        m = load_backend(p, device, fuse=fuse)
+        if isinstance(m, PyTorchBackend):
+            print(model_summary(m.model, imgsz))
+        elif prune:
+            raise UsageError(f"--prune: {p} is an exported model; prune at export (export.py --prune) instead")
         members.append(m)
+    fixed = _fixed_input(members, paths, imgsz)
+    if augment and fixed is not None:
+        raise UsageError(
+            f"--augment: TTA rescales the input, but {paths[[m.dynamic for m in members].index(False)]} has a fixed "
+            f"{fixed[0]}x{fixed[1]} input; re-export it with --dynamic"
+        )
+    torch_models = [m.model for m in members if isinstance(m, PyTorchBackend)]
     if prune:
         from utils.prune import global_l1_prune
 
-        for m in members:
+        for m in torch_models:
             global_l1_prune(m, prune, prune_exclude, verbose=verbose)
     ensemble = None
     if len(members) > 1:
-        ensemble = Ensemble(members, ensemble_mode, [str(p) for p in paths])
-        print(members_summary(members, paths, imgsz))
+        ensemble = Ensemble(members, ensemble_mode, paths)
+        if len(torch_models) == len(members):
+            print(members_summary(torch_models, paths, imgsz))
+        else:
+            print(f"Ensemble created with {paths} ({', '.join(m.format_name for m in members)})")
         net: nn.Module = ensemble
         stride = int(ensemble.stride.max())
     else:
         net = members[0]
         stride = int(max(members[0].stride))
     if half:
-        net.half()
+        for m in torch_models:
+            m.half()
     if augment:
         from utils.tta import TTA
 
-        levels = {m.detect.nl for m in members}
+        levels = {m.nl for m in members}
         net = TTA(net, tta_scales, tta_flips, stride, nl=levels.pop() if len(levels) == 1 else None)
     names = members[0].names
-    return InferenceModel(net, names, max(stride, 32), [str(p) for p in paths], half, ensemble)
+    return InferenceModel(net, names, max(stride, 32), paths, half, ensemble, fixed)

@@ -1,0 +1,218 @@
+"""Benchmark every export format: file size, mAP50-95 and inference time from ``val.run`` on one dataset.
+
+Usage:
+    python benchmarks.py --weights yolov5n.pt --data coco128.yaml --imgsz 640
+    python benchmarks.py --weights yolov5n.pt --prune 0.1 0.2 0.3            # plus a sparsity sweep (PyTorch)
+    python benchmarks.py --weights a.pt b.pt                                 # an Ensemble, exported as one file
+    python benchmarks.py --hard-fail 0.30                                    # exit 1 on an error or mAP < 0.30
+    python benchmarks.py --study --cfgs yolov5n.yaml yolov5s.yaml --epochs 3 # accuracy-vs-cost study
+
+Formats whose package or device is missing are listed as skipped with what they need. The table is also saved as
+``runs/benchmarks/expN/benchmarks.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import sys
+from pathlib import Path
+
+import val as validate
+from utils.devices import select_device
+from utils.export import (
+    FORMATS,
+    ExportError,
+    ExportOptions,
+    export_formats,
+    file_size_mb,
+    format_row,
+    load_export_model,
+    missing_requirement,
+)
+from utils.files import increment_path
+from utils.options import (
+    UsageError,
+    data_options,
+    device_options,
+    image_size_options,
+    output_options,
+    print_args,
+    run_cli,
+    weights_options,
+)
+
+COLUMNS = ("Format", "Size (MB)", "mAP50-95", "Inference time (ms/im)", "Status")
+DEFAULT_FORMATS = tuple(r.flag for r in FORMATS if r.flag != "pt")  # the PyTorch row is the source weights
+
+
+class BenchmarkError(RuntimeError):
+    """``--hard-fail``: a format errored or fell below the mAP floor."""
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    parents = [
+        weights_options(None),  # default yolov5s.pt, except for --study where weights are optional extras
+        data_options(),
+        image_size_options(640),
+        device_options(),
+        output_options("runs/benchmarks"),
+    ]
+    p = argparse.ArgumentParser(description="Benchmark export formats (size, mAP, speed)", parents=parents)
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the exports and of validation")
+    p.add_argument("--include", nargs="*", default=list(DEFAULT_FORMATS), help="export formats (none: PyTorch only)")
+    p.add_argument("--dynamic", action="store_true", help="export dynamic shapes (rectangular validation batches)")
+    p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+    p.add_argument(
+        "--hard-fail",
+        nargs="?",
+        type=float,
+        const=0.0,
+        default=None,
+        help="exit non-zero when a format errors or its mAP50-95 is below this floor",
+    )
+    p.add_argument("--prune", nargs="*", type=float, default=[], help="sparsity sweep: pruned PyTorch rows")
+    p.add_argument("--prune-exclude", nargs="*", default=[], help="module prefixes kept dense when pruning")
+    p.add_argument("--ensemble-mode", choices=("nms", "mean", "max"), default="nms", help="merge of several weights")
+    p.add_argument("--study", action="store_true", help="accuracy-vs-cost study (utils/study.py) instead")
+    p.add_argument("--cfgs", nargs="+", default=[], help="--study: model YAMLs to train and measure")
+    p.add_argument("--epochs", type=int, default=0, help="--study: training epochs per config (0: cost only)")
+    return p.parse_args(argv)
+
+
+def _row(fmt: str, size: float | None, result=None, status: str = "✅") -> dict:
+    return {
+        "Format": fmt,
+        "Size (MB)": round(size, 2) if size is not None else None,
+        "mAP50-95": round(result.map, 4) if result is not None else None,
+        "Inference time (ms/im)": round(result.speed_ms[1], 2) if result is not None else None,
+        "Status": status,
+    }
+
+
+def _reason(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def print_table(rows: list[dict]) -> None:
+    widths = [max(len(c), *(len("-" if r[c] is None else str(r[c])) for r in rows)) for c in COLUMNS]
+    print("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+    for r in rows:
+        print("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
+
+
+def run(
+    weights: list[str] | str = (),
+    data: str = "data/coco128.yaml",
+    imgsz: int = 640,
+    batch_size: int = 1,
+    device: str = "",
+    half: bool = False,
+    include: list[str] | tuple[str, ...] = DEFAULT_FORMATS,
+    dynamic: bool = False,
+    workers: int = 8,
+    hard_fail: float | None = None,
+    prune: list[float] | tuple[float, ...] = (),
+    prune_exclude: list[str] | None = None,
+    ensemble_mode: str = "nms",
+    project: str | Path = "runs/benchmarks",
+    name: str = "exp",
+    exist_ok: bool = False,
+    study: bool = False,
+    cfgs: list[str] | tuple[str, ...] = (),
+    epochs: int = 0,
+) -> list[dict]:
+    """Validate the weights and each export; print the table, save ``benchmarks.csv``; returns the rows."""
+    paths = [str(weights)] if isinstance(weights, (str, Path)) else [str(w) for w in weights]
+    if study:
+        return _study(dict(locals(), weights=paths))
+    paths = paths or ["yolov5s.pt"]
+    try:
+        rows_to_run = [format_row(f) for f in include]
+    except ExportError as e:
+        raise UsageError(str(e)) from None
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+    dev = select_device(device, batch_size)
+    val_kw = dict(data=data, imgsz=imgsz, batch_size=batch_size, device=device, half=half, workers=workers)
+    val_kw.update(noplots=True, project=save_dir / "val", exist_ok=True, ensemble_mode=ensemble_mode)
+
+    def validate_row(fmt: str, files: list[str], size: float) -> dict:
+        try:
+            result = validate.run(weights=files, name=fmt.replace(" ", "_"), **val_kw)[0]
+            return _row(fmt, size, result)
+        except Exception as e:  # a format that cannot validate is a table row with its reason
+            return _row(fmt, size, status=f"❌ val: {_reason(e)}")
+
+    rows = [validate_row("PyTorch", paths, sum(file_size_mb(Path(p)) for p in paths))]
+    opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, dynamic=dynamic, source=str(paths[0]))
+    model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
+    for fmt in rows_to_run:
+        reason = missing_requirement(fmt, dev)
+        if reason:
+            rows.append(_row(fmt.name, None, status=f"skipped: {reason}"))
+            continue
+        try:
+            if model is None:
+                model = load_export_model(paths, dev, ensemble_mode=ensemble_mode)
+            file = export_formats(model, [fmt.flag], save_dir / stem, opts, dev)[fmt.flag]
+        except Exception as e:
+            rows.append(_row(fmt.name, None, status=f"❌ export: {_reason(e)}"))
+            continue
+        rows.append(validate_row(fmt.name, [str(file)], file_size_mb(file)))
+    for sparsity in prune:
+        files = []
+        try:
+            for p in paths:  # each member pruned and stored sparse on its own
+                pruned = load_export_model(p, dev, prune=sparsity, prune_exclude=prune_exclude)
+                stem = save_dir / f"{Path(p).stem}_pruned{round(sparsity * 100)}"
+                files.append(export_formats(pruned, ["pt"], stem, ExportOptions(prune=sparsity, source=p), dev)["pt"])
+        except Exception as e:
+            rows.append(_row(f"PyTorch pruned {sparsity:g}", None, status=f"❌ export: {_reason(e)}"))
+            continue
+        size = sum(file_size_mb(f) for f in files)
+        rows.append(validate_row(f"PyTorch pruned {sparsity:g}", [str(f) for f in files], size))
+
+    print_table(rows)
+    csv_file = save_dir / "benchmarks.csv"
+    with open(csv_file, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nResults saved to {csv_file}")
+    if hard_fail is not None:
+        _hard_fail(rows, hard_fail)
+    return rows
+
+
+def _hard_fail(rows: list[dict], floor: float) -> None:
+    bad = [f"{r['Format']} ({r['Status']})" for r in rows if r["Status"].startswith("❌")]
+    bad += [f"{r['Format']} (mAP50-95 {r['mAP50-95']} < {floor})" for r in rows if (r["mAP50-95"] or 1e9) < floor]
+    if bad:
+        raise BenchmarkError(f"--hard-fail: {'; '.join(bad)}")
+
+
+def _study(options: dict) -> Path:
+    """``--study``: hand the shared options to ``utils.study.run_study`` (written for issue 6)."""
+    try:
+        from utils.study import run_study
+    except ImportError as e:
+        raise UsageError(f"--study needs utils/study.py (run_study), which this checkout lacks ({e})") from None
+    params = inspect.signature(run_study).parameters
+    if "opt" in params:
+        return run_study(argparse.Namespace(**options))
+    return run_study(**{k: v for k, v in options.items() if k in params})
+
+
+def main(opt: argparse.Namespace) -> None:
+    print_args("benchmarks", vars(opt))
+    try:
+        run(**vars(opt))
+    except BenchmarkError as e:
+        print(f"benchmarks.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli("benchmarks.py", lambda: main(parse_opt(sys.argv[1:])))

@@ -1,0 +1,157 @@
+"""Tests for utils/backends.py and exported weights in utils/inference.py, val.py and detect.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import detect
+import export
+import val
+from utils.augment import letterbox
+from utils.backends import (
+    BackendError,
+    OnnxBackend,
+    OpenVINOBackend,
+    PyTorchBackend,
+    TorchScriptBackend,
+    backend_class,
+    decode_metadata,
+    load_backend,
+)
+from utils.inference import load_inference_model
+from utils.nms import non_max_suppression
+from utils.options import UsageError
+
+CPU = torch.device("cpu")
+IMAGES = ("000000000009.jpg", "000000000025.jpg", "000000000030.jpg")
+
+
+@pytest.fixture(scope="module")
+def onnx_files(yolov5n_pt, tmp_path_factory) -> dict[str, Path]:
+    """yolov5n as a fixed 64x64 batch-1 ONNX, a dynamic ONNX and a fixed 64x64 OpenVINO model."""
+    out = tmp_path_factory.mktemp("exports")
+    fixed = export.run(weights=str(yolov5n_pt), include=["onnx", "openvino"], imgsz=[64], save_dir=out / "fixed")
+    dynamic = export.run(weights=str(yolov5n_pt), include=["onnx"], imgsz=[64], dynamic=True, save_dir=out / "dyn")
+    return {"fixed": fixed["onnx"], "openvino": fixed["openvino"], "dynamic": dynamic["onnx"]}
+
+
+def test_decode_metadata_reads_ours_and_upstream_literals():
+    ours = decode_metadata({"names": '{"0": "person", "1": "bicycle"}', "stride": "32", "imgsz": "[640, 480]"})
+    assert ours == {"names": {0: "person", 1: "bicycle"}, "stride": 32, "imgsz": [640, 480]}
+    upstream = decode_metadata({"names": "{0: 'person', 1: 'bicycle'}", "stride": "32", "author": "someone"})
+    assert upstream == {"names": {0: "person", 1: "bicycle"}, "stride": 32, "author": "someone"}
+    assert decode_metadata({"names": '["a", "b"]'})["names"] == {0: "a", 1: "b"}
+
+
+def test_backend_table_by_suffix():
+    assert backend_class("w/yolov5n.pt") is PyTorchBackend
+    assert backend_class("w/yolov5n.torchscript") is TorchScriptBackend
+    assert backend_class("w/YOLOV5N.ONNX") is OnnxBackend
+    assert backend_class("w/yolov5n_openvino_model/") is OpenVINOBackend
+    assert backend_class("w/yolov5n_openvino_model/yolov5n.xml") is OpenVINOBackend
+    with pytest.raises(BackendError, match=r"yolov5n.engine: no inference backend .* \*\.onnx, \*_openvino_model/"):
+        backend_class("yolov5n.engine")
+
+
+def test_fixed_shape_backends_take_any_batch_but_only_their_size(onnx_files, yolov5n_pt):
+    model = PyTorchBackend(yolov5n_pt, CPU)
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+    for key in ("fixed", "openvino"):
+        backend = load_backend(onnx_files[key], CPU)
+        assert backend.batch == 1 and not backend.supports_rect and backend.imgsz == (64, 64)
+        assert backend.names[0] == "person" and backend.stride.tolist() == [8.0, 16.0, 32.0]
+        torch.testing.assert_close(backend(x), ref, atol=5e-3, rtol=1e-4)  # three batch-1 runs
+        with pytest.raises(BackendError, match="fixed input 64x64 but got 64x96; use --imgsz 64"):
+            backend(torch.zeros(1, 3, 64, 96))
+
+
+def test_load_inference_model_refuses_what_exports_cannot_do(onnx_files, yolov5n_pt):
+    fixed = str(onnx_files["fixed"])
+    with pytest.raises(UsageError, match=r"--augment: .*yolov5n.onnx has a fixed 64x64 input; re-export it with"):
+        load_inference_model(fixed, CPU, augment=True, imgsz=64)
+    with pytest.raises(UsageError, match="--imgsz 320: .* was exported with a fixed 64x64 input; use --imgsz 64"):
+        load_inference_model([str(yolov5n_pt), fixed], CPU, imgsz=320)
+    with pytest.raises(UsageError, match="--prune: .* is an exported model; prune at export"):
+        load_inference_model(fixed, CPU, prune=0.3, imgsz=64)
+    model = load_inference_model([str(yolov5n_pt), fixed], CPU, imgsz=64)
+    assert not model.supports_rect and model.fixed_imgsz == (64, 64) and model.names[79] == "toothbrush"
+
+
+def test_tta_with_a_dynamic_export_matches_pytorch(onnx_files, yolov5n_pt):
+    x = torch.rand(1, 3, 128, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = load_inference_model(str(yolov5n_pt), CPU, augment=True, imgsz=128)(x)[0]
+        got = load_inference_model(str(onnx_files["dynamic"]), CPU, augment=True, imgsz=128)(x)[0]
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, atol=5e-3, rtol=1e-4)
+
+
+def _letterboxed(coco128: Path, size: int, auto: bool) -> torch.Tensor:
+    ims = [cv2.imread(str(coco128 / "images" / "train2017" / n)) for n in IMAGES]
+    return [torch.from_numpy(letterbox(im, size, auto=auto)[0][:, :, ::-1].copy()).permute(2, 0, 1) for im in ims]
+
+
+def test_onnx_gives_the_pytorch_boxes_val_style(onnx_files, yolov5n_pt, coco128):
+    """Acceptance 3, as val.py and detect.py call it: load_inference_model + non_max_suppression, within 1 px."""
+    pt = load_inference_model(str(yolov5n_pt), CPU, imgsz=320)
+    onx = load_inference_model(str(onnx_files["dynamic"]), CPU, imgsz=320)
+    for im in _letterboxed(coco128, 320, auto=True):  # rectangular inputs (e.g. 320x256)
+        x = im[None].float() / 255
+        with torch.no_grad():
+            a = non_max_suppression(pt(x), 0.25, 0.45)[0]
+            b = non_max_suppression(onx(x), 0.25, 0.45)[0]
+        assert len(a) == len(b) >= 1
+        assert (a[:, 5] == b[:, 5]).all() and (a[:, :4] - b[:, :4]).abs().max() <= 1.0
+        assert (a[:, 4] - b[:, 4]).abs().max() < 1e-3
+
+
+def _read_boxes(label_dir: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
+    """detect.py --save-txt --save-conf rows (cls, xywhn, conf) -> ndarray[n, 6] (cls, xyxy pixels, conf)."""
+    rows = np.loadtxt(label_dir / f"{Path(name).stem}.txt", ndmin=2)
+    h, w = shape
+    xy, wh = rows[:, 1:3] * (w, h), rows[:, 3:5] * (w, h)
+    return np.concatenate((rows[:, :1], xy - wh / 2, xy + wh / 2, rows[:, 5:6]), 1)
+
+
+def test_detect_run_onnx_same_boxes_as_pt(onnx_files, yolov5n_pt, coco128, tmp_path):
+    """Acceptance 3 through detect.run on a folder: .onnx boxes equal the .pt boxes within 1 px."""
+    src = tmp_path / "images"
+    src.mkdir()
+    for n in IMAGES:
+        shutil.copy(coco128 / "images" / "train2017" / n, src / n)
+    dirs = {}
+    for key, w in (("pt", yolov5n_pt), ("onnx", onnx_files["dynamic"])):
+        dirs[key] = detect.run(
+            weights=[str(w)], source=str(src), imgsz=320, save_txt=True, save_conf=True, nosave=True,
+            project=tmp_path / "runs", name=key, device="cpu",
+        )  # fmt: skip
+    for n in IMAGES:
+        shape = cv2.imread(str(src / n)).shape[:2]
+        a, b = (_read_boxes(d / "labels", n, shape) for d in (dirs["pt"], dirs["onnx"]))
+        assert a.shape == b.shape and len(a) >= 1
+        assert (a[:, 0] == b[:, 0]).all() and np.abs(a[:, 1:5] - b[:, 1:5]).max() <= 1.0
+
+
+def test_val_static_batch1_export_at_any_batch_size(onnx_files, coco8, tmp_path):
+    """A fixed batch-1 export validates at --batch-size 4 (image by image) with the batch-1 figures."""
+    kw = dict(data=str(coco8), imgsz=64, noplots=True, workers=0, project=tmp_path, device="cpu")
+    r1 = val.run(weights=[str(onnx_files["fixed"])], batch_size=1, **kw)[0]
+    r4 = val.run(weights=[str(onnx_files["fixed"])], batch_size=4, **kw)[0]
+    assert r1.seen == r4.seen == 8 and r1.map > 0.05
+    assert (r1.mp, r1.mr, r1.map50, r1.map) == pytest.approx((r4.mp, r4.mr, r4.map50, r4.map), abs=1e-6)
+
+
+def test_val_mixed_format_ensemble(onnx_files, yolov5n_pt, coco8, tmp_path):
+    """Acceptance 6: a .pt + .onnx ensemble of the same network validates like the network alone."""
+    kw = dict(data=str(coco8), imgsz=64, batch_size=4, noplots=True, workers=0, project=tmp_path, device="cpu")
+    single = val.run(weights=[str(yolov5n_pt)], **kw)[0]
+    mixed = val.run(weights=[str(yolov5n_pt), str(onnx_files["dynamic"])], **kw)[0]
+    assert mixed.map == pytest.approx(single.map, abs=0.01) and mixed.map50 == pytest.approx(single.map50, abs=0.01)

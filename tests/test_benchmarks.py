@@ -1,0 +1,118 @@
+"""Tests for benchmarks.py: the format table on a tiny dataset, the CSV, --hard-fail, --prune sweep, --study."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmarks
+from utils.backends import load_backend
+from utils.options import UsageError
+
+
+@pytest.fixture()
+def coco4(coco128, tmp_path) -> Path:
+    """4 coco128 images with labels in a writable folder, and its data YAML (80 COCO names)."""
+    import yaml
+    from conftest import REPO, copy_coco_subset, write_data_yaml
+
+    names = yaml.safe_load((REPO / "data" / "coco128.yaml").read_text())["names"]
+    return write_data_yaml(copy_coco_subset(coco128, tmp_path / "coco4", 4), names)
+
+
+def test_table_csv_and_prune_sweep_at_img64(yolov5n_pt, coco4, tmp_path, capsys):
+    rows = benchmarks.run(
+        weights=[str(yolov5n_pt)],
+        data=str(coco4),
+        imgsz=64,
+        batch_size=4,  # exports with a static batch of 4: one validation batch
+        include=["torchscript", "onnx", "tflite"],
+        prune=[0.3],
+        workers=0,
+        device="cpu",
+        project=tmp_path / "runs",
+        hard_fail=0.0,  # skipped formats are not failures
+    )
+    by_format = {r["Format"]: r for r in rows}
+    assert list(by_format) == ["PyTorch", "TorchScript", "ONNX", "TFLite", "PyTorch pruned 0.3"]
+    for name in ("PyTorch", "TorchScript", "ONNX", "PyTorch pruned 0.3"):
+        assert by_format[name]["Status"] == "✅" and by_format[name]["Inference time (ms/im)"] > 0, name
+    if by_format["TFLite"]["Status"] != "✅":
+        assert by_format["TFLite"]["Status"].startswith("skipped: needs litert-torch")
+    # TorchScript keeps dynamic shapes (same rectangular batches) and identical outputs: identical mAP
+    assert by_format["TorchScript"]["mAP50-95"] == by_format["PyTorch"]["mAP50-95"] > 0.05
+    assert by_format["ONNX"]["mAP50-95"] > 0.05  # fixed 64x64: square letterbox, slightly different figures
+    assert by_format["PyTorch"]["Size (MB)"] == round(yolov5n_pt.stat().st_size / 1e6, 2)
+    assert 7.0 < by_format["ONNX"]["Size (MB)"] < 8.5  # 1.87 M fp32 parameters
+    assert by_format["PyTorch pruned 0.3"]["Size (MB)"] < 0.8 * by_format["PyTorch"]["Size (MB)"]
+    out = capsys.readouterr().out
+    assert "Format              Size (MB)  mAP50-95  Inference time (ms/im)  Status" in out
+    csv_file = tmp_path / "runs" / "exp" / "benchmarks.csv"
+    with open(csv_file, newline="", encoding="utf-8") as fh:
+        saved = list(csv.DictReader(fh))
+    assert [r["Format"] for r in saved] == list(by_format) and saved[2]["Size (MB)"] == str(
+        by_format["ONNX"]["Size (MB)"]
+    )
+
+    with pytest.raises(benchmarks.BenchmarkError, match=r"ONNX \(mAP50-95 .* < 0.99\)"):
+        benchmarks._hard_fail(rows, 0.99)
+
+
+def test_hard_fail_on_errors_and_cli_exit_code(monkeypatch, capsys):
+    rows = [benchmarks._row("ONNX", 7.5, status="❌ export: ValueError: boom"), benchmarks._row("TFLite", None)]
+    rows[1]["Status"] = "skipped: needs litert-torch"
+    with pytest.raises(benchmarks.BenchmarkError, match=r"--hard-fail: ONNX \(❌ export: ValueError: boom\)$"):
+        benchmarks._hard_fail(rows, 0.0)
+
+    def failing_run(**kwargs):
+        raise benchmarks.BenchmarkError("--hard-fail: ONNX (❌ export)")
+
+    monkeypatch.setattr(benchmarks, "run", failing_run)
+    with pytest.raises(SystemExit) as e:
+        benchmarks.main(benchmarks.parse_opt(["--weights", "x.pt", "--hard-fail", "0.3"]))
+    assert e.value.code == 1 and "benchmarks.py: error: --hard-fail: ONNX" in capsys.readouterr().err
+
+
+def test_ensemble_of_two_weights(yolov5n_pt, coco4, tmp_path):
+    rows = benchmarks.run(
+        weights=[str(yolov5n_pt)] * 2,
+        data=str(coco4),
+        imgsz=64,
+        batch_size=4,
+        include=["onnx"],
+        workers=0,
+        device="cpu",
+        project=tmp_path,
+        hard_fail=0.0,
+    )
+    file = tmp_path / "exp" / "yolov5n_ensemble.onnx"
+    assert [r["Status"] for r in rows] == ["✅", "✅"] and file.is_file()
+    with torch.no_grad():  # both members' candidates: 2 x 3 anchors x (8x8 + 4x4 + 2x2) cells at 64x64
+        assert load_backend(file, torch.device("cpu"))(torch.zeros(4, 3, 64, 64)).shape == (4, 504, 85)
+
+
+def test_study_flag_is_passed_through_or_a_clear_error(monkeypatch, tmp_path):
+    calls = {}
+
+    def run_study(cfgs=(), weights=(), data="", imgsz=160, epochs=0, project="", name="exp"):
+        calls.update(cfgs=cfgs, weights=weights, epochs=epochs, imgsz=imgsz, name=name)
+        return tmp_path
+
+    monkeypatch.setitem(sys.modules, "utils.study", types.SimpleNamespace(run_study=run_study))
+    opt = benchmarks.parse_opt(["--study", "--cfgs", "yolov5n.yaml", "yolov5s.yaml", "--epochs", "3", "--img", "160"])
+    assert benchmarks.run(**vars(opt)) == tmp_path
+    assert calls == {"cfgs": ["yolov5n.yaml", "yolov5s.yaml"], "weights": [], "epochs": 3, "imgsz": 160, "name": "exp"}
+
+    monkeypatch.setitem(sys.modules, "utils.study", None)  # as if utils/study.py did not exist
+    with pytest.raises(UsageError, match=r"--study needs utils/study.py \(run_study\), which this checkout lacks"):
+        benchmarks.run(study=True, cfgs=["yolov5n.yaml"])
+
+
+def test_unknown_format_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="--include foo: unknown format"):
+        benchmarks.run(weights=["x.pt"], include=["foo"], project=Path(tmp_path))

@@ -1,0 +1,42 @@
+"""The training side of utils/datasets.py: quad collation and loaders rebuilt around an existing dataset."""
+
+import torch
+
+from utils import datasets
+from utils.datasets import YoloDataset, collate_quad, make_loader
+from utils.shapes import generate_shapes_dataset
+
+
+def quad_batch():
+    items = []
+    for k in range(4):
+        im = torch.full((3, 4, 4), 10 * (k + 1), dtype=torch.uint8)
+        items.append((im, torch.tensor([[0.0, k, 0.5, 0.5, 0.5, 0.5]]), f"{k}.jpg", None))
+    return items
+
+
+def test_quad_tiles_four_images_2x2(monkeypatch):
+    monkeypatch.setattr(datasets.torch, "rand", lambda *a, **k: torch.tensor([0.9]))
+    ims, labels, paths, _ = collate_quad(quad_batch())
+    assert ims.shape == (1, 3, 8, 8) and paths == ["0.jpg"]
+    assert [int(ims[0, 0, y, x]) for y, x in ((0, 0), (0, 7), (7, 0), (7, 7))] == [10, 20, 30, 40]
+    expected = [[0, k, 0.25 + 0.5 * (k % 2), 0.25 + 0.5 * (k // 2), 0.25, 0.25] for k in range(4)]
+    assert torch.allclose(labels, torch.tensor(expected))
+
+
+def test_quad_upscales_the_first_image(monkeypatch):
+    monkeypatch.setattr(datasets.torch, "rand", lambda *a, **k: torch.tensor([0.1]))
+    ims, labels, _, _ = collate_quad(quad_batch())
+    assert ims.shape == (1, 3, 8, 8) and bool((ims == 10).all())
+    assert labels.tolist() == [[0, 0, 0.5, 0.5, 0.5, 0.5]]
+
+
+def test_make_loader_sees_dataset_changes_and_drops_partial_quads(tmp_path):
+    root = generate_shapes_dataset(tmp_path / "s", n_train=6, n_val=1, imgsz=64)
+    ds = YoloDataset(str(root / "images" / "train"), 5, img_size=64, augment=True, hyp={"mosaic": 1.0}, workers=1)
+    assert ds.mosaic
+    ds.mosaic = False  # what --close-mosaic does before building a new loader
+    loader = make_loader(ds, 4, workers=0, quad=True)
+    batches = list(loader)
+    assert len(batches) == 1 and batches[0][0].shape == (1, 3, 128, 128)  # 6 images: one quad, 2 dropped
+    assert all(s is not None for s in batches[0][3])  # letterboxed items carry their shapes; mosaics do not

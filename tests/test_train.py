@@ -1,0 +1,217 @@
+"""train.py end to end at tiny sizes: 64 px, 1-3 epochs, a few synthetic or coco128 images."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import train
+from utils.checkpoints import load_model, read_checkpoint
+from utils.hyps import HYP_KEYS, load_hyp
+from utils.plots import read_csv_columns
+from utils.prune import conv_sparsity
+from utils.shapes import CLASSES, generate_shapes_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(imgsz=64, batch_size=4, workers=0, device="cpu", noautoanchor=True, noplots=True, exist_ok=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny runs gain nothing from 2 threads, and OpenMP threads spinning at barriers are very slow on busy cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def shapes_yaml(root: Path) -> Path:
+    generate_shapes_dataset(root / "shapes", n_train=8, n_val=4, imgsz=64, seed=1)
+    f = root / "shapes.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root / "shapes"), "train": "images/train", "val": "images/val",
+                                 "names": list(CLASSES)}))  # fmt: skip
+    return f
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return shapes_yaml(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def scratch_run(tiny, tmp_path_factory) -> Path:
+    """2 epochs from scratch with plots, mosaic closed for the last epoch and a checkpoint every epoch."""
+    project = tmp_path_factory.mktemp("runs")
+    kw = {**TINY, "noplots": False, "noautoanchor": False}
+    return train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=2, project=project, name="scratch",
+                     close_mosaic=1, save_period=1, **kw)  # fmt: skip
+
+
+def lrs_expected(epochs: int, nb: int, lr0: float = 0.01, lrf: float = 0.01, bias0: float = 0.1) -> np.ndarray:
+    """x/lr0..2 logged per epoch for a run that stays in warmup (100 iterations): the last iteration's values."""
+    rows = []
+    for e in range(epochs):
+        ni, target = nb * e + nb - 1, lr0 * ((1 - e / epochs) * (1 - lrf) + lrf)
+        rows.append([bias0 + ni / 100 * (target - bias0), ni / 100 * target, ni / 100 * target])
+    return np.array(rows)
+
+
+def test_scratch_run_writes_the_yolov5_run_folder(scratch_run, capsys):
+    files = {p.name for p in scratch_run.iterdir()}
+    expected = {"opt.yaml", "hyp.yaml", "results.csv", "results.png", "labels.png", "weights", "confusion_matrix.png"}
+    assert expected | {"train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg"} <= files
+    assert "val_batch0_pred.jpg" in files  # final validation of best.pt with plots
+    assert load_hyp(scratch_run / "hyp.yaml") == load_hyp(REPO / "data" / "hyps" / "hyp.scratch-low.yaml")
+    assert yaml.safe_load((scratch_run / "opt.yaml").read_text())["epochs"] == 2
+    cols = read_csv_columns(scratch_run / "results.csv")
+    assert cols["epoch"].tolist() == [0, 1] and len(cols) == 14
+    lrs = np.stack([cols["x/lr0"], cols["x/lr1"], cols["x/lr2"]], 1)
+    assert lrs == pytest.approx(lrs_expected(2, nb=2), rel=1e-4)
+    assert {p.name for p in (scratch_run / "weights").iterdir()} == {"best.pt", "last.pt", "epoch0.pt", "epoch1.pt"}
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(scratch_run / "weights" / name, weights_only=True)  # our safe format, stripped
+        assert ck["epoch"] == -1 and "optimizer" not in ck and "train_state_dict" not in ck
+        assert ck["names"] == dict(enumerate(CLASSES)) and len(ck["state_dict"]) == 349
+    ck = read_checkpoint(scratch_run / "weights" / "epoch1.pt")
+    assert ck["epoch"] == 1 and "optimizer" in ck and ck["opt"]["close_mosaic"] == 1
+
+
+def test_own_checkpoint_fine_tunes_with_frozen_backbone(scratch_run, tiny, tmp_path, capsys):
+    src = scratch_run / "weights" / "best.pt"
+    save_dir = train.run(data=str(tiny), weights=str(src), epochs=1, project=tmp_path, name="own", freeze=[10],
+                         optimizer="AdamW", cos_lr=True, label_smoothing=0.1, cache="ram", **TINY)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Transferred 349/349 items from best.pt" in out
+    before, after = read_checkpoint(src)["state_dict"], read_checkpoint(save_dir / "weights" / "last.pt")["state_dict"]
+    assert torch.allclose(after["model.0.conv.weight"], before["model.0.conv.weight"], atol=1e-6)  # frozen
+    assert not torch.allclose(after["model.24.m.0.weight"], before["model.24.m.0.weight"])  # trained
+
+
+def test_official_weights_on_coco_images(coco8, yolov5n_pt, tmp_path, capsys):
+    save_dir = train.run(data=str(coco8), weights=str(yolov5n_pt), epochs=1, project=tmp_path, name="coco",
+                         quad=True, rect=False, multi_scale=True, image_weights=True, **{**TINY, "batch_size": 8})  # fmt: skip
+    assert "Transferred 349/349 items from yolov5n.pt" in capsys.readouterr().out
+    cols = read_csv_columns(save_dir / "results.csv")
+    assert cols["metrics/mAP_0.5"][0] > 0  # a COCO-trained model finds something on COCO images even at 64 px
+    assert load_model(save_dir / "weights" / "best.pt").names[0] == "person"
+
+
+def test_resume_after_interrupt_finishes_the_same_epochs(tiny, tmp_path, capsys):
+    def interrupt(epoch, batch):
+        if epoch == 1 and batch == 1:
+            raise KeyboardInterrupt
+
+    kw = dict(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=3, project=tmp_path, name="r", **TINY)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(**kw, callbacks={"on_train_batch_end": [interrupt]})
+    last = tmp_path / "r" / "weights" / "last.pt"
+    ck = read_checkpoint(last)
+    assert ck["epoch"] == 0 and "optimizer" in ck and "train_state_dict" in ck
+    save_dir = train.run(resume=str(last))
+    assert save_dir == tmp_path / "r"
+    out = capsys.readouterr().out
+    assert "Resuming training from" in out and "from epoch 1 to 3 total epochs" in out
+    cols = read_csv_columns(save_dir / "results.csv")
+    assert cols["epoch"].tolist() == [0, 1, 2]
+    lrs = np.stack([cols["x/lr0"], cols["x/lr1"], cols["x/lr2"]], 1)
+    assert lrs == pytest.approx(lrs_expected(3, nb=2), rel=1e-4)  # the schedule continues where it stopped
+    assert read_checkpoint(last)["epoch"] == -1
+    from utils.options import UsageError
+
+    with pytest.raises(UsageError, match="finished, nothing to resume"):
+        train.run(resume=str(last))
+
+
+def test_crash_while_writing_last_pt_leaves_the_previous_one(tiny, tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def dying_save(obj, f, *args, **kwargs):  # the second last.pt write dies half way through
+        epoch = obj.get("epoch") if isinstance(obj, dict) else None
+        calls.append(epoch)
+        if epoch == 1 and calls.count(1) == 1:
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=2, project=tmp_path, name="c", **TINY)
+    wdir = tmp_path / "c" / "weights"
+    assert sorted(p.name for p in wdir.iterdir()) == ["best.pt", "last.pt"]  # no temporary file left behind
+    assert read_checkpoint(wdir / "last.pt")["epoch"] == 0
+
+
+def test_bad_files_warn_once_each_and_training_goes_on(tmp_path, capsys):
+    data = shapes_yaml(tmp_path)
+    images, labels = tmp_path / "shapes" / "images" / "train", tmp_path / "shapes" / "labels" / "train"
+    (images / "00000.jpg").write_bytes(b"not a jpeg")
+    (labels / "00001.txt").write_text("7 0.5 0.5 0.2 0.2\n")  # class >= nc (5)
+    (labels / "00002.txt").write_text("0 0.5 0.5\n")  # malformed
+    (labels / "00003.txt").unlink()  # no label file: a background image, not an error
+    save_dir = train.run(data=str(data), weights="", cfg="yolov5n.yaml", epochs=1, project=tmp_path, name="bad",
+                         **TINY)  # fmt: skip
+    captured = capsys.readouterr()
+    out = captured.out
+    warnings = [ln for ln in out.splitlines() if "WARNING" in ln]
+    for bad in ("00000.jpg", "00001.txt", "00002.txt"):
+        assert sum(bad in ln for ln in warnings) == 1, (bad, warnings)
+    assert not any("00003" in ln for ln in warnings)
+    assert "4 images, 1 backgrounds, 3 corrupt" in captured.err  # the scan's progress bar summary
+    assert (save_dir / "weights" / "last.pt").is_file()
+
+
+def test_evolve_two_generations(tiny, tmp_path):
+    save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, evolve=2, project=tmp_path,
+                         name="evo", **TINY)  # fmt: skip
+    from utils.evolve import read_evolve_csv
+
+    keys, rows = read_evolve_csv(save_dir / "evolve.csv")
+    assert rows.shape == (2, 7 + len(HYP_KEYS)) and keys[2] == "metrics/mAP_0.5"
+    assert not np.array_equal(rows[0, 7:], rows[1, 7:])  # the second generation is a mutation
+    assert set(load_hyp(save_dir / "hyp_evolve.yaml")) == set(HYP_KEYS)
+    assert (save_dir / "evolve.png").is_file()
+    assert not (save_dir / "weights" / "last.pt").exists()  # evolution saves no checkpoints
+
+
+def test_prune_fine_tuning_keeps_the_sparsity(tiny, tmp_path, capsys):
+    save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=2, prune=0.3, project=tmp_path,
+                         name="p", **TINY)  # fmt: skip
+    assert "Pruned: 30.0% of conv weights zero" in capsys.readouterr().out
+    for name in ("best.pt", "last.pt"):
+        ck = read_checkpoint(save_dir / "weights" / name)
+        assert not any(k.endswith(("_orig", "_mask")) for k in ck["state_dict"])  # masks made permanent
+        model = load_model(save_dir / "weights" / name, fuse=False)
+        assert 0.299 <= conv_sparsity(model) < 0.31
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_cpu_processes_train_one_epoch(tiny, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           "--data", str(tiny), "--weights", "", "--cfg", "yolov5n.yaml", "--img", "64", "--epochs", "1",
+           "--batch-size", "4", "--workers", "0", "--device", "cpu", "--noplots", "--noautoanchor",
+           "--project", str(tmp_path), "--name", "ddp"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ck = read_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
+    assert ck["epoch"] == -1 and len(ck["state_dict"]) == 349
+    assert read_csv_columns(tmp_path / "ddp" / "results.csv")["epoch"].tolist() == [0]
+    assert p.stdout.count("Starting training for 1 epochs") == 1  # only rank 0 logs
+
+
+def test_rect_single_class_training(tiny, tmp_path):
+    save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, rect=True, single_cls=True,
+                         project=tmp_path, name="rect", **TINY)  # fmt: skip
+    ck = read_checkpoint(save_dir / "weights" / "best.pt")
+    assert ck["model_yaml"]["nc"] == 1 and ck["names"] == {0: "item"}
+    assert read_csv_columns(save_dir / "results.csv")["epoch"].tolist() == [0]

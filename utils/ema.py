@@ -1,0 +1,85 @@
+"""Exponential moving average of model weights, the copy that is validated and saved during training."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from utils.dist import unwrap
+
+MASK_SUFFIX = "_mask"  # torch.nn.utils.prune buffers: copied, never averaged, so pruned weights stay exactly zero
+
+
+class ModelEMA:
+    """Keeps ``ema``, a copy of the model whose floating-point state follows ``v = d * v + (1 - d) * w``.
+
+    The decay ramps up as ``d = decay * (1 - exp(-updates / tau))`` so the average forgets the random
+    initialisation quickly at first and smooths strongly later. BatchNorm running statistics are averaged like the
+    weights. Pruning masks (``*_mask`` buffers) are copied unchanged and the prune forward hooks travel with the
+    deep copy, so the average of a pruned model is pruned with the same masks.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+        detach_pruned_weights(unwrap(model))
+        self.ema = copy.deepcopy(unwrap(model)).eval()
+        self.updates = updates
+        self.decay_max, self.tau = decay, tau
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    def decay(self) -> float:
+        return self.decay_max * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay()
+        msd = unwrap(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if k.endswith(MASK_SUFFIX):
+                v.copy_(msd[k])
+            elif v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+    def load_plain_state(self, state: dict[str, torch.Tensor], updates: int) -> None:
+        """Load a saved (prune-free) EMA state dict, also into a pruned copy (see ``load_plain_state``)."""
+        load_plain_state(self.ema, state)
+        self.updates = updates
+
+
+def detach_pruned_weights(model: nn.Module) -> None:
+    """Make a pruned model deep-copyable.
+
+    ``torch.nn.utils.prune`` keeps ``weight = weight_orig * weight_mask`` as a plain attribute computed with
+    autograd, which ``copy.deepcopy`` refuses (not a graph leaf). The forward hook recomputes it on every call, so
+    replacing it with its detached value changes nothing else.
+    """
+    for m in model.modules():
+        for name, _ in list(m.named_parameters(recurse=False)):
+            base = name[: -len("_orig")]
+            if name.endswith("_orig") and isinstance(getattr(m, base, None), torch.Tensor):
+                setattr(m, base, getattr(m, base).detach())
+
+
+def load_plain_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (plain keys such as ``model.0.conv.weight``) into ``model`` by name, strictly.
+
+    A module pruned with ``torch.nn.utils.prune`` stores its weight as ``weight_orig`` (+ ``weight_mask``); the plain
+    ``weight`` is loaded into ``weight_orig`` there, and the mask is kept.
+    """
+    own = model.state_dict()
+    mapped = {}
+    for k, v in state.items():
+        if k not in own and k + "_orig" in own:
+            k = k + "_orig"
+        mapped[k] = v
+    missing = [k for k in own if k not in mapped and not k.endswith(MASK_SUFFIX)]
+    unexpected = [k for k in mapped if k not in own]
+    if missing or unexpected:
+        raise KeyError(f"state dict does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for k, v in mapped.items():
+            own[k].copy_(v)

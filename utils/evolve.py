@@ -1,0 +1,88 @@
+"""Hyperparameter evolution (``train.py --evolve N``): a genetic search over the hyp YAML keys.
+
+Each generation trains once with a mutation of a parent chosen from the best rows of ``evolve.csv`` (fitness
+weighted), appends its final metrics and hyperparameters to ``evolve.csv``, and rewrites ``hyp_evolve.yaml``
+with the best row so far. ``evolve.png`` plots every hyperparameter against fitness at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from utils.hyps import load_hyp, mutate_hyp
+from utils.metrics import fitness
+
+METRIC_KEYS = (
+    "metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+    "val/box_loss", "val/obj_loss", "val/cls_loss",
+)  # fmt: skip
+PARENTS = 5  # parents are drawn from this many best rows
+
+
+def read_evolve_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """``(column names, ndarray[rows, columns])`` of an ``evolve.csv``."""
+    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    keys = [k.strip() for k in lines[0].split(",")]
+    rows = np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]], dtype=np.float64).reshape(-1, len(keys))
+    return keys, rows
+
+
+def select_parent(path: Path, rng: np.random.Generator) -> dict[str, float]:
+    """One of the ``PARENTS`` fittest rows of ``evolve.csv``, drawn with probability rising with fitness."""
+    keys, rows = read_evolve_csv(path)
+    fit = fitness(rows[:, :4])
+    order = np.argsort(-fit)[: min(PARENTS, len(rows))]
+    w = fit[order] - fit[order].min() + 1e-6
+    row = rows[order[rng.choice(len(order), p=w / w.sum())]]
+    return {k: float(v) for k, v in zip(keys[len(METRIC_KEYS) :], row[len(METRIC_KEYS) :])}
+
+
+def append_generation(path: Path, results: tuple, hyp: dict[str, float]) -> None:
+    keys = (*METRIC_KEYS, *hyp)
+    values = (*results[: len(METRIC_KEYS)], *hyp.values())
+    head = "" if path.exists() else ("%20s," * len(keys) % keys).rstrip(",") + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(head + ("%20.5g," * len(values) % values).rstrip(",") + "\n")
+
+
+def write_best_yaml(evolve_csv: Path, yaml_path: Path) -> dict[str, float]:
+    """``hyp_evolve.yaml``: the fittest generation's hyperparameters, its metrics in the header comments."""
+    keys, rows = read_evolve_csv(evolve_csv)
+    i = int(np.argmax(fitness(rows[:, :4])))
+    m = len(METRIC_KEYS)
+    best = {k: float(v) for k, v in zip(keys[m:], rows[i, m:])}
+    header = (
+        f"# Hyperparameter Evolution Results\n# Best generation: {i}\n# Last generation: {len(rows) - 1}\n"
+        f"# {', '.join(keys[:m])}\n# {', '.join(f'{v:.5g}' for v in rows[i, :m])}\n\n"
+    )
+    yaml_path.write_text(header + yaml.safe_dump(best, sort_keys=False), encoding="utf-8")
+    return best
+
+
+def evolve(hyp: dict[str, float], opt: argparse.Namespace, device: torch.device, train_fn: Callable) -> Path:
+    """Run ``opt.evolve`` generations of ``train_fn(hyp, opt, device) -> results`` in ``opt.save_dir``."""
+    save_dir = Path(opt.save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    evolve_csv, evolve_yaml = save_dir / "evolve.csv", save_dir / "hyp_evolve.yaml"
+    opt.noval, opt.nosave, opt.resume = True, True, False  # only the final epoch is validated, nothing is saved
+    rng = np.random.default_rng(opt.seed)
+    for g in range(opt.evolve):
+        child = load_hyp(mutate_hyp(select_parent(evolve_csv, rng), rng)) if evolve_csv.exists() else dict(hyp)
+        print(f"\nEvolve generation {g + 1}/{opt.evolve}: {', '.join(f'{k}={v:g}' for k, v in child.items())}")
+        results = train_fn(dict(child), opt, device)
+        append_generation(evolve_csv, results, child)
+        write_best_yaml(evolve_csv, evolve_yaml)
+    from utils.plots import plot_evolve
+
+    plot_evolve(evolve_csv)
+    print(
+        f"Hyperparameter evolution finished {opt.evolve} generations\nResults saved to {save_dir}\n"
+        f"Usage example: $ python train.py --hyp {evolve_yaml}"
+    )
+    return save_dir

@@ -1,0 +1,98 @@
+"""Optimizer parameter groups, learning-rate schedules, warmup and gradient accumulation for training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+NOMINAL_BATCH = 64  # the batch size the hyperparameters were tuned for: gradients are accumulated up to it
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+# Parameter group order: warmup treats group 0 (biases) differently, and results.csv logs x/lr0..lr2 in this order.
+GROUP_NAMES = ("bias", "weight(decay)", "weight(no decay)")
+
+
+def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
+    """``(biases, weights with decay, normalisation weights without decay)``, each a list of parameters.
+
+    Weight decay only applies to conv/linear weights: decaying biases or BatchNorm scales towards zero fights the
+    normalisation instead of regularising.
+    """
+    biases, decayed, no_decay = [], [], []
+    norm_types = tuple(v for k, v in vars(nn).items() if "Norm" in k and isinstance(v, type))
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name == "bias":
+                biases.append(p)
+            elif isinstance(module, norm_types):
+                no_decay.append(p)
+            else:
+                decayed.append(p)
+    return biases, decayed, no_decay
+
+
+def build_optimizer(
+    model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937, decay: float = 5e-4
+) -> torch.optim.Optimizer:
+    """SGD (Nesterov), Adam or AdamW over ``parameter_groups(model)``; ``momentum`` is Adam's beta1.
+
+    Prints ``optimizer: SGD(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight(decay=0.0005), 60 bias``.
+    """
+    biases, decayed, no_decay = parameter_groups(model)
+    if name == "SGD":
+        opt = torch.optim.SGD(biases, lr=lr, momentum=momentum, nesterov=True)
+    elif name == "Adam":
+        opt = torch.optim.Adam(biases, lr=lr, betas=(momentum, 0.999))
+    elif name == "AdamW":
+        opt = torch.optim.AdamW(biases, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise ValueError(f"--optimizer {name}: expected one of {', '.join(OPTIMIZERS)}")
+    opt.add_param_group({"params": decayed, "weight_decay": decay})
+    opt.add_param_group({"params": no_decay, "weight_decay": 0.0})
+    print(
+        f"optimizer: {type(opt).__name__}(lr={lr}) with parameter groups {len(no_decay)} weight(decay=0.0), "
+        f"{len(decayed)} weight(decay={decay}), {len(biases)} bias"
+    )
+    return opt
+
+
+def lr_lambda(epochs: int, lrf: float, cosine: bool = False) -> Callable[[float], float]:
+    """LR multiplier per epoch: 1 at epoch 0 falling to ``lrf`` at epoch ``epochs``, linearly or as a half cosine."""
+    if cosine:
+        return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+    return lambda x: (1 - x / epochs) * (1.0 - lrf) + lrf
+
+
+def accumulate_steps(batch_size: int, nominal: int = NOMINAL_BATCH) -> int:
+    """Batches whose gradients are summed before one optimizer step, so each step sees about ``nominal`` images."""
+    return max(round(nominal / batch_size), 1)
+
+
+def scaled_weight_decay(weight_decay: float, batch_size: int, accumulate: int, nominal: int = NOMINAL_BATCH) -> float:
+    """Weight decay per optimizer step, proportional to the images each step really sees."""
+    return weight_decay * batch_size * accumulate / nominal
+
+
+def warmup_iterations(warmup_epochs: float, nb: int) -> int:
+    """Warmup length in iterations: ``warmup_epochs`` epochs of ``nb`` batches, at least 100 (0 epochs: none)."""
+    return max(round(warmup_epochs * nb), 100) if warmup_epochs > 0 else 0
+
+
+def warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch_factor: float, hyp: dict, batch_size: int) -> int:
+    """Set the warmup learning rates and momentum for iteration ``ni`` of ``nw``; returns the accumulation steps.
+
+    Bias LR falls from ``warmup_bias_lr`` and the other groups' LR rises from 0, all towards ``initial_lr *
+    epoch_factor`` (the scheduled value for this epoch); SGD momentum rises from ``warmup_momentum`` to
+    ``momentum``; accumulation grows from 1 to its nominal value.
+    """
+    xi = [0, nw]
+    accumulate = max(1, int(np.interp(ni, xi, [1, NOMINAL_BATCH / batch_size]).round()))
+    for j, group in enumerate(optimizer.param_groups):
+        start = hyp["warmup_bias_lr"] if j == 0 else 0.0
+        group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * epoch_factor]))
+        if "momentum" in group:
+            group["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
+    return accumulate
