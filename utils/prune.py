@@ -42,7 +42,15 @@ def global_l1_prune(
     if not convs:
         raise UsageError(f"--prune-exclude {exclude}: every conv layer is excluded, nothing to prune")
     print(f"Pruning model... {amount:g} global sparsity")
+    nhwc = [
+        m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous() for _, m in convs
+    ]
+    for _, m in convs:  # global_unstructured flattens with view(), which needs contiguous (NCHW) weights
+        m.weight.data = m.weight.data.contiguous()
     prune.global_unstructured([(m, "weight") for _, m in convs], pruning_method=prune.L1Unstructured, amount=amount)
+    for (_, m), was_nhwc in zip(convs, nhwc):
+        if was_nhwc:  # keep the fast layout for weight_orig and weight_mask
+            m.to(memory_format=torch.channels_last)
     per_layer = {n: float((m.weight == 0).float().mean()) for n, m in convs}
     zeros = sum(int((m.weight == 0).sum()) for _, m in convs)
     total = sum(m.weight.numel() for _, m in convs)
