@@ -5,7 +5,8 @@ Usage:
     python benchmarks.py --weights yolov5n.pt --prune 0.1 0.2 0.3            # plus a sparsity sweep (PyTorch)
     python benchmarks.py --weights a.pt b.pt                                 # an Ensemble, exported as one file
     python benchmarks.py --hard-fail 0.30                                    # exit 1 on an error or mAP < 0.30
-    python benchmarks.py --study --cfgs yolov5n.yaml yolov5s.yaml --epochs 3 # accuracy-vs-cost study
+    python benchmarks.py --study --data data/shapes.yaml --imgsz 160 --epochs 10 \
+        --cfgs yolov5n.yaml yolov5s.yaml --ensembles yolov5n,yolov5n         # accuracy-vs-cost study (utils/study.py)
 
 Formats whose package or device is missing are listed as skipped with what they need. The table is also saved as
 ``runs/benchmarks/expN/benchmarks.csv``.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import sys
 from pathlib import Path
 
@@ -60,9 +60,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         output_options("runs/benchmarks"),
     ]
     p = argparse.ArgumentParser(description="Benchmark export formats (size, mAP, speed)", parents=parents)
-    p.add_argument("--batch-size", type=int, default=1, help="batch size of the exports and of validation")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="batch size of the exports and of validation (1; --study: 16)"
+    )
     p.add_argument("--include", nargs="*", default=list(DEFAULT_FORMATS), help="export formats (none: PyTorch only)")
-    p.add_argument("--dynamic", action="store_true", help="export dynamic shapes (rectangular validation batches)")
+    p.add_argument(
+        "--dynamic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dynamic export shapes (default: each format's own, as in export.py: ONNX/OpenVINO dynamic)",
+    )
     p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
     p.add_argument(
         "--hard-fail",
@@ -77,7 +84,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ensemble-mode", choices=("nms", "mean", "max"), default="nms", help="merge of several weights")
     p.add_argument("--study", action="store_true", help="accuracy-vs-cost study (utils/study.py) instead")
     p.add_argument("--cfgs", nargs="+", default=[], help="--study: model YAMLs to train and measure")
+    p.add_argument(
+        "--ensembles", nargs="+", default=[], help="--study: ensembles by member label, e.g. yolov5n,yolov5n"
+    )
     p.add_argument("--epochs", type=int, default=0, help="--study: training epochs per config (0: cost only)")
+    p.add_argument("--hyp", default=None, help="--study training: hyperparameters (default: train.py's)")
+    p.add_argument("--optimizer", choices=("SGD", "Adam", "AdamW"), default=None, help="--study training: optimizer")
+    p.add_argument("--nbs", type=int, default=None, help="--study training: nominal batch size")
     return p.parse_args(argv)
 
 
@@ -107,11 +120,11 @@ def run(
     weights: list[str] | str = (),
     data: str = "data/coco128.yaml",
     imgsz: int = 640,
-    batch_size: int = 1,
+    batch_size: int | None = None,
     device: str = "",
     half: bool = False,
     include: list[str] | tuple[str, ...] = DEFAULT_FORMATS,
-    dynamic: bool = False,
+    dynamic: bool | None = None,
     workers: int = 8,
     hard_fail: float | None = None,
     prune: list[float] | tuple[float, ...] = (),
@@ -122,12 +135,28 @@ def run(
     exist_ok: bool = False,
     study: bool = False,
     cfgs: list[str] | tuple[str, ...] = (),
+    ensembles: list[str] | tuple[str, ...] = (),
     epochs: int = 0,
-) -> list[dict]:
-    """Validate the weights and each export; print the table, save ``benchmarks.csv``; returns the rows."""
+    hyp: str | None = None,
+    optimizer: str | None = None,
+    nbs: int | None = None,
+) -> list[dict] | Path:
+    """Validate the weights and each export; print the table, save ``benchmarks.csv``; returns the rows.
+
+    ``study=True`` runs ``utils.study.run_study`` instead (``cfgs``, ``ensembles``, ``epochs`` and the training
+    recipe ``hyp``/``optimizer``/``nbs``) and returns its folder.
+    """
     paths = [str(weights)] if isinstance(weights, (str, Path)) else [str(w) for w in weights]
     if study:
-        return _study(dict(locals(), weights=paths))
+        from utils.study import run_study
+
+        recipe = {k: v for k, v in (("hyp", hyp), ("optimizer", optimizer), ("nbs", nbs)) if v is not None}
+        return run_study(
+            cfgs=cfgs, weights=paths, ensembles=ensembles, data=data, imgsz=imgsz, epochs=epochs,
+            batch_size=batch_size or 16, device=device, project=project, name=name, exist_ok=exist_ok,
+            workers=workers, train_kwargs=recipe,
+        )  # fmt: skip
+    batch_size = batch_size or 1
     paths = paths or ["yolov5s.pt"]
     try:
         rows_to_run = [format_row(f) for f in include]
@@ -191,18 +220,6 @@ def _hard_fail(rows: list[dict], floor: float) -> None:
     bad += [f"{r['Format']} (mAP50-95 {r['mAP50-95']} < {floor})" for r in rows if (r["mAP50-95"] or 1e9) < floor]
     if bad:
         raise BenchmarkError(f"--hard-fail: {'; '.join(bad)}")
-
-
-def _study(options: dict) -> Path:
-    """``--study``: hand the shared options to ``utils.study.run_study`` (written for issue 6)."""
-    try:
-        from utils.study import run_study
-    except ImportError as e:
-        raise UsageError(f"--study needs utils/study.py (run_study), which this checkout lacks ({e})") from None
-    params = inspect.signature(run_study).parameters
-    if "opt" in params:
-        return run_study(argparse.Namespace(**options))
-    return run_study(**{k: v for k, v in options.items() if k in params})
 
 
 def main(opt: argparse.Namespace) -> None:

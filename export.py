@@ -2,7 +2,8 @@
 
 Usage:
     python export.py --weights yolov5n.pt --include torchscript onnx openvino
-    python export.py --weights yolov5n.pt --include onnx --dynamic --simplify
+    python export.py --weights yolov5n.pt --include onnx --simplify       # dynamic batch/shape (ONNX default)
+    python export.py --weights yolov5n.pt --include onnx --no-dynamic     # fixed 1x3x640x640 input
     python export.py --weights yolov5n.pt --include onnx --nms             # final boxes from ONNX Runtime alone
     python export.py --weights yolov5n.pt --include pt --prune 0.3         # sparse-stored pruned checkpoint
 
@@ -43,7 +44,13 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         default=["torchscript"],
         help=f"formats: {', '.join(r.flag for r in FORMATS)}",
     )
-    p.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO/TensorRT: dynamic batch and image size")
+    p.add_argument(
+        "--dynamic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dynamic batch and image size (default: on for ONNX/OpenVINO, which then take val/detect's rectangular "
+        "batches and give PyTorch's numbers; off for TensorRT/CoreML/TFLite); --no-dynamic: fixed --imgsz/--batch-size",
+    )
     p.add_argument("--simplify", action="store_true", help="ONNX: optimise the graph with onnxslim")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--nms", action="store_true", help="ONNX: append NMS; output [N, 7] (image, xyxy, conf, cls)")
@@ -58,7 +65,7 @@ def run(
     device: str = "cpu",
     half: bool = False,
     include: list[str] | tuple[str, ...] = ("torchscript",),
-    dynamic: bool = False,
+    dynamic: bool | None = None,
     simplify: bool = False,
     opset: int = 17,
     nms: bool = False,
@@ -81,7 +88,7 @@ def run(
     if not 1 <= len(sizes) <= 2 or min(sizes) < 1:
         raise UsageError(f"--imgsz {imgsz}: give one size or two (height width)")
     if augment or tta_scales or tta_flips:
-        raise UsageError("--augment: TTA is not exported; export with --dynamic and pass --augment to val/detect")
+        raise UsageError("--augment: TTA is not exported; export (dynamic shapes) and pass --augment to val/detect")
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     try:

@@ -34,10 +34,11 @@ IMAGES = ("000000000009.jpg", "000000000025.jpg", "000000000030.jpg")
 
 @pytest.fixture(scope="module")
 def onnx_files(yolov5n_pt, tmp_path_factory) -> dict[str, Path]:
-    """yolov5n as a fixed 64x64 batch-1 ONNX, a dynamic ONNX and a fixed 64x64 OpenVINO model."""
+    """yolov5n as a fixed 64x64 batch-1 ONNX (--no-dynamic), a default (dynamic) ONNX and a fixed 64x64 OpenVINO."""
     out = tmp_path_factory.mktemp("exports")
-    fixed = export.run(weights=str(yolov5n_pt), include=["onnx", "openvino"], imgsz=[64], save_dir=out / "fixed")
-    dynamic = export.run(weights=str(yolov5n_pt), include=["onnx"], imgsz=[64], dynamic=True, save_dir=out / "dyn")
+    kw = dict(weights=str(yolov5n_pt), imgsz=[64])
+    fixed = export.run(include=["onnx", "openvino"], dynamic=False, save_dir=out / "fixed", **kw)
+    dynamic = export.run(include=["onnx"], save_dir=out / "dyn", **kw)
     return {"fixed": fixed["onnx"], "openvino": fixed["openvino"], "dynamic": dynamic["onnx"]}
 
 

@@ -62,13 +62,14 @@ def test_exports_carry_metadata_and_match_pytorch(exported):
     assert set(done) == {"pt", "torchscript", "onnx", "openvino"}
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(done["onnx"])).metadata_props}
     assert meta["task"] == "detect" and meta["stride"] == 32 and meta["strides"] == [8.0, 16.0, 32.0]
-    assert meta["imgsz"] == [64, 96] and meta["batch"] == 1 and meta["dynamic"] is False
+    # ONNX and OpenVINO export dynamic shapes by default (val/detect's rectangular batches give PyTorch's numbers)
+    assert meta["imgsz"] == [64, 96] and meta["batch"] is None and meta["dynamic"] is True
     assert len(meta["names"]) == 80 and meta["names"]["0"] == "0"
     extra = {"config.txt": ""}
     torch.jit.load(str(done["torchscript"]), _extra_files=extra)
     assert json.loads(extra["config.txt"])["imgsz"] == [64, 96]
     ov_meta = yaml.safe_load((done["openvino"] / "metadata.yaml").read_text())
-    assert ov_meta["names"][79] == "79" and ov_meta["strides"] == [8.0, 16.0, 32.0]
+    assert ov_meta["names"][79] == "79" and ov_meta["strides"] == [8.0, 16.0, 32.0] and ov_meta["dynamic"] is True
     assert (done["openvino"] / "rand.xml").is_file() and (done["openvino"] / "rand.bin").is_file()
 
 

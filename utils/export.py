@@ -17,7 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class ExportOptions:
     imgsz: tuple[int, int] = (640, 640)
     batch_size: int = 1
     half: bool = False
-    dynamic: bool = False
+    dynamic: bool | None = None  # None: each format's own default (ExportFormat.dynamic)
     simplify: bool = False
     opset: int = 17
     nms: bool = False
@@ -272,13 +272,15 @@ class ExportFormat:
     needs: dict[str, str] = field(default_factory=dict)
     cuda: bool = False
     checked: bool = True
+    dynamic: bool = False  # dynamic batch/height/width unless --dynamic/--no-dynamic says otherwise
 
 
+_OPENVINO_NEEDS = {"onnx": "onnx", "openvino": "openvino"}  # the IR is converted from a temporary ONNX file
 FORMATS: tuple[ExportFormat, ...] = (
     ExportFormat("PyTorch", "pt", ".pt", export_pt),
     ExportFormat("TorchScript", "torchscript", ".torchscript", export_torchscript),
-    ExportFormat("ONNX", "onnx", ".onnx", export_onnx, {"onnx": "onnx", "onnxruntime": "onnxruntime"}),
-    ExportFormat("OpenVINO", "openvino", "_openvino_model", export_openvino, {"onnx": "onnx", "openvino": "openvino"}),
+    ExportFormat("ONNX", "onnx", ".onnx", export_onnx, {"onnx": "onnx", "onnxruntime": "onnxruntime"}, dynamic=True),
+    ExportFormat("OpenVINO", "openvino", "_openvino_model", export_openvino, _OPENVINO_NEEDS, dynamic=True),
     ExportFormat("TensorRT", "engine", ".engine", export_engine, {"tensorrt": "tensorrt"}, cuda=True, checked=False),
     ExportFormat("CoreML", "coreml", ".mlpackage", export_coreml, {"coremltools": "coremltools"}, checked=False),
     ExportFormat("TFLite", "tflite", ".tflite", export_tflite, {"litert_torch": "litert-torch"}, checked=False),
@@ -427,11 +429,14 @@ def export_formats(
         if reason is None:
             t0 = time.time()
             try:
-                file = row.function(model, im, output_path(row, stem_file, source), opts)
+                row_opts = opts if opts.dynamic is not None else replace(opts, dynamic=row.dynamic)
+                file = row.function(model, im, output_path(row, stem_file, source), row_opts)
                 mb = file_size_mb(file)
-                print(f"{row.name}: export success ✅ {time.time() - t0:.1f}s, saved as {file} ({mb:.1f} MB)")
+                h, w = opts.imgsz
+                shapes = "dynamic shapes" if row_opts.dynamic else f"fixed input {opts.batch_size}x3x{h}x{w}"
+                print(f"{row.name}: export success ✅ {time.time() - t0:.1f}s, saved as {file} ({mb:.1f} MB, {shapes})")
                 if row.checked:
-                    check_export(row, file, model, opts, device)
+                    check_export(row, file, model, row_opts, device)
                 else:
                     print(f"{row.name}: not compared with PyTorch (this toolkit has no {row.name} runtime)")
                 done[row.flag] = file
