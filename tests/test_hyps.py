@@ -47,7 +47,7 @@ def test_keys_are_the_28_yolov5_keys_in_order():
     assert set(HYP_LIMITS) == set(HYP_KEYS)
 
 
-@pytest.mark.parametrize("name", ["scratch-low", "scratch-med", "scratch-high", "no-augmentation"])
+@pytest.mark.parametrize("name", ["scratch-low", "scratch-med", "scratch-high", "no-augmentation", "shapes"])
 def test_shipped_files_load_in_key_order_as_floats(name):
     hyp = load_hyp(HYPS / f"hyp.{name}.yaml")
     assert tuple(hyp) == HYP_KEYS

@@ -53,6 +53,9 @@ def test_accumulation_and_weight_decay_scaling():
     assert [accumulate_steps(b) for b in (1, 16, 24, 64, 128)] == [64, 4, 3, 1, 1]
     assert scaled_weight_decay(5e-4, 16, 4) == pytest.approx(5e-4)
     assert scaled_weight_decay(5e-4, 24, 3) == pytest.approx(5.625e-4)
+    # --nbs 16 (the shapes job): a step per batch of 16, with the full weight decay per step
+    assert [accumulate_steps(b, 16) for b in (4, 16, 32)] == [4, 1, 1]
+    assert scaled_weight_decay(5e-4, 16, 1, 16) == pytest.approx(5e-4)
     assert warmup_iterations(3.0, 50) == 150 and warmup_iterations(3.0, 8) == 100 and warmup_iterations(0, 8) == 0
 
 
@@ -69,5 +72,6 @@ def test_warmup_ramps_lr_momentum_and_accumulation():
     assert warmup(opt, 50, 100, 0.5, HYP, 16) == 2  # interp 2.5 rounds half to even, as numpy does
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0525, 0.0025, 0.0025])
     assert warmup(opt, 100, 100, 0.5, HYP, 16) == 4
+    assert warmup(opt, 100, 100, 0.5, HYP, 16, nominal=16) == 1 and warmup(opt, 100, 100, 0.5, HYP, 8, 32) == 4
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005] * 3)
     assert opt.param_groups[2]["momentum"] == pytest.approx(0.937)

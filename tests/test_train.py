@@ -87,9 +87,11 @@ def test_scratch_run_writes_the_yolov5_run_folder(scratch_run, capsys):
 def test_own_checkpoint_fine_tunes_with_frozen_backbone(scratch_run, tiny, tmp_path, capsys):
     src = scratch_run / "weights" / "best.pt"
     save_dir = train.run(data=str(tiny), weights=str(src), epochs=1, project=tmp_path, name="own", freeze=[10],
-                         optimizer="AdamW", cos_lr=True, label_smoothing=0.1, cache="ram", **TINY)  # fmt: skip
+                         optimizer="AdamW", cos_lr=True, label_smoothing=0.1, cache="ram", nbs=4,
+                         **{**TINY, "imgsz": [64, 96]})  # fmt: skip
     out = capsys.readouterr().out
     assert "Transferred 349/349 items from best.pt" in out
+    assert "Image sizes 64 train, 96 val" in out
     before, after = read_checkpoint(src)["state_dict"], read_checkpoint(save_dir / "weights" / "last.pt")["state_dict"]
     assert torch.allclose(after["model.0.conv.weight"], before["model.0.conv.weight"], atol=1e-6)  # frozen
     assert not torch.allclose(after["model.24.m.0.weight"], before["model.24.m.0.weight"])  # trained

@@ -28,12 +28,18 @@ def resolved(argv: list[str]):
 
 def test_no_data_flag_is_the_shapes_job_and_data_gives_yolov5_defaults():
     opt = resolved([])
-    assert (opt.data, opt.weights, opt.cfg, opt.epochs, opt.imgsz, opt.batch_size) == (
-        "data/shapes.yaml", "", "yolov5n.yaml", 30, 256, 16,
+    assert (opt.data, opt.weights, opt.cfg, opt.batch_size, opt.optimizer, opt.nbs) == (
+        "data/shapes.yaml", "", "yolov5n.yaml", 16, "AdamW", 16,
     )  # fmt: skip
-    assert Path(opt.hyp) == REPO_ROOT / "data" / "hyps" / "hyp.scratch-low.yaml" or Path(opt.hyp).is_file()
+    assert (opt.epochs, opt.imgsz, opt.close_mosaic) == tuple(
+        train.SHAPES_JOB[k] for k in ("epochs", "imgsz", "close_mosaic")
+    )
+    assert Path(opt.hyp).resolve() == REPO_ROOT / "data" / "hyps" / "hyp.shapes.yaml"
     opt = resolved(["--data", "coco128.yaml"])
-    assert (opt.weights, opt.cfg, opt.epochs, opt.imgsz, opt.batch_size) == ("yolov5s.pt", "", 100, 640, 16)
+    assert (opt.weights, opt.cfg, opt.epochs, opt.imgsz, opt.batch_size) == ("yolov5s.pt", "", 100, [640], 16)
+    assert (opt.optimizer, opt.nbs, opt.close_mosaic, Path(opt.hyp).name) == ("SGD", 64, 0, "hyp.scratch-low.yaml")
+    opt = resolved(["--optimizer", "SGD", "--nbs", "64", "--close-mosaic", "0"])  # given flags beat the job's values
+    assert (opt.optimizer, opt.nbs, opt.close_mosaic) == ("SGD", 64, 0)
     opt = resolved(["--weights", "best.pt", "--epochs", "3"])  # shapes job from a checkpoint: its own architecture
     assert (opt.data, opt.cfg, opt.epochs) == ("data/shapes.yaml", "", 3)
     assert resolved(["--evolve", "2"]).project == str(REPO_ROOT / "runs" / "evolve")
@@ -46,6 +52,8 @@ def test_no_data_flag_is_the_shapes_job_and_data_gives_yolov5_defaults():
         (["--epochs", "0"], "--epochs 0"),
         (["--batch-size", "-2"], "--batch-size -2"),
         (["--prune", "1.5"], "--prune 1.5"),
+        (["--nbs", "0"], "--nbs 0: must be at least 1"),
+        (["--imgsz", "192", "256", "320"], r"--imgsz 192 256 320: give one size, or two \(train val\)"),
     ],
 )
 def test_bad_flag_combinations_are_one_line_usage_errors(argv, match):

@@ -81,15 +81,23 @@ def warmup_iterations(warmup_epochs: float, nb: int) -> int:
     return max(round(warmup_epochs * nb), 100) if warmup_epochs > 0 else 0
 
 
-def warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch_factor: float, hyp: dict, batch_size: int) -> int:
+def warmup(
+    optimizer: torch.optim.Optimizer,
+    ni: int,
+    nw: int,
+    epoch_factor: float,
+    hyp: dict,
+    batch_size: int,
+    nominal: int = NOMINAL_BATCH,
+) -> int:
     """Set the warmup learning rates and momentum for iteration ``ni`` of ``nw``; returns the accumulation steps.
 
     Bias LR falls from ``warmup_bias_lr`` and the other groups' LR rises from 0, all towards ``initial_lr *
     epoch_factor`` (the scheduled value for this epoch); SGD momentum rises from ``warmup_momentum`` to
-    ``momentum``; accumulation grows from 1 to its nominal value.
+    ``momentum``; accumulation grows from 1 to ``nominal / batch_size``.
     """
     xi = [0, nw]
-    accumulate = max(1, int(np.interp(ni, xi, [1, NOMINAL_BATCH / batch_size]).round()))
+    accumulate = max(1, int(np.interp(ni, xi, [1, nominal / batch_size]).round()))
     for j, group in enumerate(optimizer.param_groups):
         start = hyp["warmup_bias_lr"] if j == 0 else 0.0
         group["lr"] = float(np.interp(ni, xi, [start, group["initial_lr"] * epoch_factor]))

@@ -16,6 +16,7 @@ from torch import nn
 
 from utils import dist
 from utils.checkpoints import CheckpointError, attempt_download, checkpoint_dict, read_checkpoint, save_atomic
+from utils.optim import NOMINAL_BATCH
 from utils.options import REPO_ROOT, UsageError
 
 RESULT_KEYS = (
@@ -60,6 +61,9 @@ def _check(opt: argparse.Namespace) -> None:
               f"torchrun --nproc_per_node {len(str(opt.device).split(','))} train.py ... for DDP")  # fmt: skip
     if opt.epochs < 1:
         raise UsageError(f"--epochs {opt.epochs}: must be at least 1")
+    train_val_sizes(opt.imgsz)
+    if opt.nbs < 1:
+        raise UsageError(f"--nbs {opt.nbs}: must be at least 1")
     if opt.batch_size == 0 or opt.batch_size < -1:
         raise UsageError(f"--batch-size {opt.batch_size}: must be positive, or -1 for AutoBatch")
     if not 0 <= opt.prune < 1:
@@ -99,6 +103,9 @@ def _resume_options(opt: argparse.Namespace, defaults: dict) -> argparse.Namespa
     if "opt" not in ckpt or "optimizer" not in ckpt:
         raise UsageError(f"--resume {last}: not a resumable checkpoint (no training state); use --weights {last}")
     new = argparse.Namespace(**{**defaults, **ckpt["opt"]})
+    for k, v in (("optimizer", "SGD"), ("nbs", NOMINAL_BATCH)):  # runs saved before these options had job defaults
+        if getattr(new, k) is None:
+            setattr(new, k, v)
     if opt.device:  # the machine may differ from the one the run started on
         new.device = opt.device
     new.workers = opt.workers if opt.workers != defaults.get("workers") else new.workers
@@ -151,6 +158,14 @@ def freeze_layers(model: nn.Module, freeze: list[int]) -> list[str]:
     if frozen:
         print(f"freezing {len(frozen)} parameter tensors of layers {sorted({int(k.split('.')[1]) for k in frozen})}")
     return frozen
+
+
+def train_val_sizes(imgsz: int | list[int]) -> tuple[int, int]:
+    """``--imgsz 640`` -> (640, 640); ``--imgsz 192 256`` -> train at 192, validate at 256."""
+    sizes = [imgsz] if isinstance(imgsz, int) else list(imgsz)
+    if not 1 <= len(sizes) <= 2 or min(sizes) < 1:
+        raise UsageError(f"--imgsz {' '.join(map(str, sizes))}: give one size, or two (train val)")
+    return sizes[0], sizes[-1]
 
 
 def check_img_size(imgsz: int, gs: int) -> int:

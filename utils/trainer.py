@@ -47,6 +47,7 @@ from utils.train_setup import (
     resolve_batch_size,
     run_autoanchor,
     strip_checkpoint,
+    train_val_sizes,
     write_results_row,
 )
 
@@ -130,11 +131,11 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     freeze_layers(model, opt.freeze)
     gs = max(int(model.stride.max()), 32)
-    imgsz = check_img_size(opt.imgsz, gs)
+    imgsz, imgsz_val = (check_img_size(s, gs) for s in train_val_sizes(opt.imgsz))
     batch_size = resolve_batch_size(opt.batch_size, model, imgsz, device, ws, opt.amp)
-    accumulate = accumulate_steps(batch_size)
+    accumulate = accumulate_steps(batch_size, opt.nbs)
     hyp_run = dict(hyp)
-    hyp_run["weight_decay"] = scaled_weight_decay(hyp["weight_decay"], batch_size, accumulate)
+    hyp_run["weight_decay"] = scaled_weight_decay(hyp["weight_decay"], batch_size, accumulate, opt.nbs)
     optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp_run["weight_decay"])
     lf = lr_lambda(epochs, hyp["lrf"], opt.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
@@ -152,7 +153,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     val_loader = None
     if main:
         val_loader = create_dataloader(
-            data["val"], data["nc"], imgsz, batch_size // ws * 2, gs, rect=True, pad=0.5,
+            data["val"], data["nc"], imgsz_val, batch_size // ws * 2, gs, rect=True, pad=0.5,
             workers=opt.workers * 2, prefix="val: ", single_cls=opt.single_cls, persistent=True,
         )[0]  # fmt: skip
         if not resume:
@@ -188,7 +189,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     last_opt_step, maps, results = -1, np.zeros(nc), (0.0,) * 7
     if main:
         print(
-            f"Image sizes {imgsz} train, {imgsz} val\nUsing {train_loader.num_workers} dataloader workers\n"
+            f"Image sizes {imgsz} train, {imgsz_val} val\nUsing {train_loader.num_workers} dataloader workers\n"
             f"Logging results to {save_dir}\nStarting training for {epochs} epochs..."
         )
     t0 = time.time()
@@ -209,7 +210,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
             ni = i + nb * epoch
             imgs = imgs.to(device, non_blocking=True).float() / 255
             if ni <= nw:
-                accumulate = warmup(optimizer, ni, nw, lf(epoch), hyp, batch_size)
+                accumulate = warmup(optimizer, ni, nw, lf(epoch), hyp, batch_size, opt.nbs)
             if opt.multi_scale:
                 imgs = _random_rescale(imgs, imgsz, gs)
             if channels_last:
