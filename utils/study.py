@@ -24,7 +24,9 @@ from torch import nn
 
 from utils.files import increment_path
 
-COST_KEYS = {"gflops": "GFLOPs", "params": "parameters", "cpu_ms": "CPU latency (ms, batch 1)"}
+COST_KEYS = {"gflops": "GFLOPs", "params": "parameters (millions)", "cpu_ms": "CPU latency (ms, batch 1)"}
+_PLOT_SCALE = {"params": 1e-6}  # x-axis units of the frontier plot
+ENSEMBLE_STYLE = {"c": "tab:red", "marker": "*", "s": 160, "label": "ensemble"}
 CURVE_COLUMNS = ("train/box_loss", "train/obj_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
 
 
@@ -66,7 +68,7 @@ def model_cost(models: Sequence[nn.Module], imgsz: int) -> tuple[int, float]:
     return params, gflops
 
 
-def measure_latency(net: nn.Module, imgsz: int, device: torch.device, runs: int = 20, warmup: int = 3) -> float:
+def measure_latency(net: nn.Module, imgsz: int, device: torch.device, runs: int = 20, warmup: int = 5) -> float:
     """Median milliseconds of one forward pass of ``net`` on a Tensor[1, 3, imgsz, imgsz] on ``device``."""
     from utils.devices import sync_time
 
@@ -149,26 +151,30 @@ def write_csv(rows: Sequence[StudyRow], path: Path) -> Path:
 def plot_frontier(rows: Sequence[StudyRow], save_path: Path) -> Path:
     """mAP50-95 against GFLOPs / parameters / CPU ms (log x): single models, Pareto power-law fit, ensembles."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(5.2 * len(COST_KEYS), 4.2), layout="tight")
     for a_, (key, label) in zip(fig.subplots(1, len(COST_KEYS)), COST_KEYS.items()):
+        scale = _PLOT_SCALE.get(key, 1.0)
         singles = [r for r in rows if r.kind == "model" and not math.isnan(r.map)]
         ensembles = [r for r in rows if r.kind == "ensemble" and not math.isnan(r.map)]
         a, b, fitted = frontier_fit(rows, key)
-        a_.scatter([getattr(r, key) for r in singles], [r.map for r in singles], c="tab:blue", label="single model")
-        a_.scatter(
-            [getattr(r, key) for r in ensembles], [r.map for r in ensembles], c="tab:red", marker="*", s=160,
-            label="ensemble",
-        )  # fmt: skip
+        for group, style in ((singles, {"c": "tab:blue", "label": "single model"}), (ensembles, ENSEMBLE_STYLE)):
+            a_.scatter([getattr(r, key) * scale for r in group], [r.map for r in group], **style)
         for r in singles + ensembles:
-            a_.annotate(r.name, (getattr(r, key), r.map), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            xy = (getattr(r, key) * scale, r.map)
+            a_.annotate(r.name, xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
         if not math.isnan(b):
-            xs = [getattr(r, key) for r in singles + ensembles]
+            xs = [getattr(r, key) * scale for r in singles + ensembles]
             x = np.geomspace(min(xs) / 1.3, max(xs) * 1.3, 50)
-            a_.plot(x, a * x**b, "--", c="tab:gray", label=f"power law a*x^b on {', '.join(fitted)}: b={b:.3f}")
+            y = a * (x / scale) ** b
+            a_.plot(x, y, "--", c="tab:gray", label=f"power law a*x^b, b={b:.3f} ({len(fitted)} models)")
         a_.set(xscale="log", xlabel=label, ylabel="mAP50-95", title=f"mAP50-95 vs {label.split(' (')[0]}")
+        a_.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # short ranges still get readable ticks
+        a_.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        a_.xaxis.set_minor_formatter(NullFormatter())
         a_.grid(True, which="both", alpha=0.3)
-        a_.legend(fontsize=7, loc="lower right")
+        a_.legend(fontsize=7, loc="best")
     save_path = Path(save_path)
     save_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(save_path, dpi=100)
