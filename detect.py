@@ -11,10 +11,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from utils.boxes import scale_boxes_to_original, xyxy2xywh
 from utils.devices import Profile, select_device
@@ -32,6 +32,9 @@ from utils.options import (
     threshold_options,
     weights_options,
 )
+
+if TYPE_CHECKING:  # torch is imported where used: utils (imported first) sets OMP_WAIT_POLICY before it loads
+    import torch
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +99,8 @@ class _VideoSink:
 
 
 def _save_txt(det: torch.Tensor, shape0: tuple[int, ...], file: Path, save_conf: bool) -> None:
+    import torch
+
     gn = torch.tensor(shape0)[[1, 0, 1, 0]]
     with open(file, "a", encoding="utf-8") as f:
         for *xyxy, conf, cls in det.tolist():
@@ -144,6 +149,8 @@ def run(
     verbose: bool = False,
 ) -> Path:
     """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder."""
+    import torch
+
     from utils.plots import Annotator, colors, save_one_box
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

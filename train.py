@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -125,10 +124,6 @@ def run(**kwargs) -> Path:
 
 
 def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
-    # Before torch loads OpenMP (command-line runs): idle OpenMP threads sleep instead of spinning. On a CPU shared
-    # with dataloader workers or other jobs, a spinning thread burns its whole time slice at every barrier while
-    # its partner is descheduled; on 2 busy cores that made training steps ~9x slower.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from utils import dist
     from utils.devices import select_device
     from utils.files import increment_path

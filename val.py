@@ -12,8 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from utils.dataset_config import load_data_config
 from utils.datasets import create_dataloader
 from utils.devices import select_device
@@ -156,6 +154,8 @@ def run(
         coco_ids=is_coco,
     )
     names_eval = {0: "item"} if single_cls else names
+    import torch  # here, not at the top: utils (imported first) sets OMP_WAIT_POLICY before torch loads
+
     with torch.inference_mode():
         result, jdict = evaluate(model, loader, names_eval, device, opts, save_dir)
     if model.member_times is not None and verbose:
