@@ -203,7 +203,7 @@ def run(
             line += f"{x.shape[2]}x{x.shape[3]} {describe(det, names)}, {dt[1].dt * 1e3:.1f}ms"
             print(line)
             stem = p.stem if (cap is None and not is_stream) else f"{p.stem}_{frame}"
-            if save_txt:
+            if save_txt and len(det):  # like YOLOv5: no file for an image without detections
                 _save_txt(det, im0.shape, save_dir / "labels" / f"{stem}.txt", save_conf)
             annotator = Annotator(im0, line_width=line_thickness)
             for *xyxy, conf, cls in det.tolist():
