@@ -175,7 +175,7 @@ def run(
             return _row(fmt, size, status=f"❌ val: {_reason(e)}")
 
     rows = [validate_row("PyTorch", paths, sum(file_size_mb(Path(p)) for p in paths))]
-    opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, dynamic=dynamic, source=str(paths[0]))
+    opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, half=half, dynamic=dynamic, source=str(paths[0]))
     model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
     for fmt in rows_to_run:
         reason = missing_requirement(fmt, dev)
@@ -217,7 +217,8 @@ def run(
 
 def _hard_fail(rows: list[dict], floor: float) -> None:
     bad = [f"{r['Format']} ({r['Status']})" for r in rows if r["Status"].startswith("❌")]
-    bad += [f"{r['Format']} (mAP50-95 {r['mAP50-95']} < {floor})" for r in rows if (r["mAP50-95"] or 1e9) < floor]
+    low = [r for r in rows if r["mAP50-95"] is not None and r["mAP50-95"] < floor]
+    bad += [f"{r['Format']} (mAP50-95 {r['mAP50-95']} < {floor})" for r in low]
     if bad:
         raise BenchmarkError(f"--hard-fail: {'; '.join(bad)}")
 

@@ -122,7 +122,6 @@ def run(
         max_det=max_det,
         prune=prune,
         source=str(source),
-        extra_meta={"ensemble": [str(p) for p in paths], "ensemble_mode": ensemble_mode} if len(paths) > 1 else {},
     )
     print(f"\nStarting export of {', '.join(map(str, paths))} at {h}x{w}, batch {batch_size}...")
     done = export_formats(model, list(include), out_dir / stem, opts, dev, source=source)

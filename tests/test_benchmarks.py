@@ -66,6 +66,9 @@ def test_hard_fail_on_errors_and_cli_exit_code(monkeypatch, capsys):
     rows[1]["Status"] = "skipped: needs litert-torch"
     with pytest.raises(benchmarks.BenchmarkError, match=r"--hard-fail: ONNX \(❌ export: ValueError: boom\)$"):
         benchmarks._hard_fail(rows, 0.0)
+    zero = {**benchmarks._row("OpenVINO", 7.7), "mAP50-95": 0.0}  # a broken export scoring nothing fails the floor
+    with pytest.raises(benchmarks.BenchmarkError, match=r"--hard-fail: OpenVINO \(mAP50-95 0.0 < 0.3\)$"):
+        benchmarks._hard_fail([zero], 0.3)
 
     def failing_run(**kwargs):
         raise benchmarks.BenchmarkError("--hard-fail: ONNX (❌ export)")

@@ -17,7 +17,16 @@ import yaml
 import export
 from models.yolo import DetectionModel
 from utils.checkpoints import load_model, save_checkpoint
-from utils.export import FORMATS, ExportError, ExportOptions, check_export, format_row, load_export_model, output_path
+from utils.export import (
+    FORMATS,
+    ExportError,
+    ExportOptions,
+    check_export,
+    export_metadata,
+    format_row,
+    load_export_model,
+    output_path,
+)
 from utils.prune import conv_sparsity
 
 
@@ -199,6 +208,10 @@ def test_ensemble_exports_as_one_file_and_wbf_is_refused(random_pt, tmp_path):
     assert y.shape[1] == 2 * single.shape[1]  # 'nms' mode: both members' candidates
     torch.testing.assert_close(y[:, single.shape[1] :], single, atol=2e-3, rtol=1e-4)
     assert backend.nl is None  # no TTA tail clipping on concatenated members
+    # the metadata comes from the Ensemble itself, whoever exports it (export.py or benchmarks.py)
+    meta = export_metadata(load_export_model([str(random_pt)] * 2, torch.device("cpu")), ExportOptions())
+    assert meta["ensemble"] == [str(random_pt)] * 2 and meta["ensemble_mode"] == "nms"
+    assert meta["stride"] == 32 and meta["strides"] == [32.0]
     with pytest.raises(ExportError, match="--ensemble-mode wbf .* cannot be exported"):
         export.run(weights=[str(random_pt)] * 2, include=["onnx"], ensemble_mode="wbf", save_dir=tmp_path)
     with pytest.raises(ExportError, match="PyTorch .*an Ensemble cannot be saved as one checkpoint"):

@@ -47,12 +47,18 @@ class ExportOptions:
     max_det: int = 300
     prune: float = 0.0
     source: str = ""
-    extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
 def export_metadata(model: nn.Module, opts: ExportOptions, **overrides: Any) -> dict[str, Any]:
-    """The self-description stored in every exported file (JSON-able values)."""
+    """The self-description stored in every exported file (JSON-able values).
+
+    An ``Ensemble`` is described by its largest stride (members' levels are concatenated, so per-level strides
+    mean nothing) and lists its member files and merge mode.
+    """
+    from models.ensemble import Ensemble
+
     strides = [float(s) for s in model.stride]
+    extra = {"ensemble": list(model.paths), "ensemble_mode": model.mode} if isinstance(model, Ensemble) else {}
     meta = {
         "description": f"yolo-toolkit detector exported from {Path(opts.source).name}",
         "format": FORMAT,
@@ -66,7 +72,7 @@ def export_metadata(model: nn.Module, opts: ExportOptions, **overrides: Any) -> 
         "dynamic": opts.dynamic,
         "half": opts.half,
         "nms": False,
-        **opts.extra_meta,
+        **extra,
     }
     meta.update(overrides)
     return meta
@@ -347,9 +353,7 @@ def load_export_model(
                 d.export = True  # forward returns the decoded tensor only
     if len(members) == 1:
         return members[0]
-    model = Ensemble(members, ensemble_mode, [str(p) for p in paths]).eval()
-    model.stride = members[0].stride  # the per-level strides stored in metadata (TTA clipping is off for these)
-    return model
+    return Ensemble(members, ensemble_mode, [str(p) for p in paths]).eval()
 
 
 def check_export(row: ExportFormat, file: Path, model: nn.Module, opts: ExportOptions, device: torch.device) -> float:
