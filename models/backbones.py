@@ -15,14 +15,17 @@ ResNeXt / Wide-ResNet and RegNet. ImageNet weights are loaded only when torchvis
 hub cache (``$TORCH_HOME/hub/checkpoints``); they are never downloaded. Parameter names are torchvision's own under
 ``body.`` (e.g. ``model.0.body.features.3.block.0.0.weight``), so checkpoints rebuilt from the YAML load by name.
 
-``DetectionModel`` gives every BatchNorm YOLOv5's eps 1e-3 / momentum 0.03, the backbone's included: ImageNet
-weights trained with eps 1e-5 (ResNet, MobileNetV2, EfficientNet, RegNet) see slightly shifted statistics at the
-start of fine-tuning, which training absorbs.
+``DetectionModel`` gives YOLOv5's BatchNorm eps 1e-3 / momentum 0.03 to the neck and head only: the backbone keeps
+torchvision's own settings, which its ImageNet statistics were computed with (eps is not learned). A model rebuilt
+from a checkpoint skips the ImageNet file (``checkpoint_weights()``): the checkpoint's tensors replace it anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,6 +40,18 @@ _STAGED = {  # families without a ``features`` Sequential: their stride-8/16/32 
     "RegNet": ("trunk_output.block2", "trunk_output.block3", "trunk_output.block4"),
 }
 _reported_missing: set[str] = set()  # print the "no pretrained weights" line once per architecture and process
+_from_checkpoint = False  # True while checkpoint_weights() is active: no ImageNet file is read
+
+
+@contextlib.contextmanager
+def checkpoint_weights() -> Iterator[None]:
+    """Within this block backbones are built without reading ImageNet weights: a checkpoint will supply them."""
+    global _from_checkpoint
+    before, _from_checkpoint = _from_checkpoint, True
+    try:
+        yield
+    finally:
+        _from_checkpoint = before
 
 
 class BackboneError(ValueError):
@@ -127,7 +142,7 @@ def load_pretrained(net: nn.Module, arch: str) -> bool:
 class TorchvisionBackbone(nn.Module):
     """A torchvision classifier's feature extractor: Tensor[B, 3, H, W] (RGB 0-1) -> [P3, P4, P5].
 
-    The outputs are Tensor[B, C_i, H / s, W / s] for s = 8, 16, 32 with ``C_i = out_channels[i]``. Inputs are
+    The outputs are Tensor[B, C_i, H / s, W / s] for s = 8, 16, 32 with C_i from ``feature_layout(arch)``. Inputs are
     normalised with the ImageNet mean / std inside, as the pretrained weights expect. YAML args:
     ``[arch, pretrained=True]``; ``pretrained`` only loads weights already on disk.
     """
@@ -140,15 +155,20 @@ class TorchvisionBackbone(nn.Module):
 
         if c1 != 3:
             raise BackboneError(f"TorchvisionBackbone {arch}: expects 3 input channels, got {c1}")
-        nodes, self.out_channels = feature_layout(arch)
+        nodes, _ = feature_layout(arch)
         net = _build_classifier(arch)
-        self.pretrained = pretrained and load_pretrained(net, arch)
-        self.arch = arch
+        self.pretrained = pretrained and not _from_checkpoint and load_pretrained(net, arch)
         # the node -> key mapping keeps the output order P3, P4, P5; unused layers (pooling, classifier) are dropped
         self.body = create_feature_extractor(net, {n: str(i) for i, n in enumerate(nodes)})
         # not persistent: constants, not weights, so the state dict holds torchvision's tensors only
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def __deepcopy__(self, memo: dict) -> TorchvisionBackbone:
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new.train(self.training)  # a deep-copied fx GraphModule comes back in training mode
 
     @classmethod
     def yaml_out_channels(cls, ch: list, f: int, args: list, gw: float) -> tuple[list, list[int]]:

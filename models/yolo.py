@@ -201,9 +201,12 @@ class DetectionModel(nn.Module):
         if anchors is not None:
             self.yaml["anchors"] = anchors
         self.model, self.save = parse_model(self.yaml, ch=[ch])
-        for m in self.model.modules():
-            if isinstance(m, nn.BatchNorm2d):  # YOLOv5's BN settings (eps is not part of the state dict)
-                m.eps, m.momentum = 1e-3, 0.03
+        for layer in self.model:  # YOLOv5's BN settings (eps is not part of the state dict)
+            if isinstance(layer, TorchvisionBackbone):
+                continue  # torchvision's own eps/momentum, which its ImageNet statistics were computed with
+            for m in layer.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eps, m.momentum = 1e-3, 0.03
         self.names = {i: str(i) for i in range(self.yaml["nc"])}
         detect = self.model[-1]
         if isinstance(detect, Detect):

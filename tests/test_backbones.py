@@ -154,6 +154,24 @@ def test_pretrained_weights_only_from_disk(no_downloads, capsys):
     assert not TorchvisionBackbone(3, arch, pretrained=False).pretrained
 
 
+def test_backbone_keeps_torchvision_bn_copies_keep_mode_and_rebuilds_skip_imagenet(no_downloads, monkeypatch):
+    import copy
+
+    model = DetectionModel("resnet18.yaml", nc=NC).eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    in_body = {id(m) for m in model.model[0].modules()}
+    assert {m.eps for m in bns if id(m) in in_body} == {1e-5}  # what ResNet18's ImageNet statistics assume
+    assert {(m.eps, m.momentum) for m in bns if id(m) not in in_body} == {(1e-3, 0.03)}  # YOLOv5 neck and head
+    assert not any(m.training for m in copy.deepcopy(model).modules())  # fx graph modules come back in train mode
+
+    reads = []
+    monkeypatch.setattr(backbones, "load_pretrained", lambda net, arch: reads.append(arch) or False)
+    build_from_checkpoint(checkpoint_dict(model))
+    assert reads == []  # the checkpoint supplies the backbone tensors
+    DetectionModel("resnet18.yaml", nc=NC)
+    assert reads == ["resnet18"]
+
+
 def test_input_is_imagenet_normalised():
     """The backbone sees (x - mean) / std: a mean-grey image enters the first conv as zeros."""
     m = TorchvisionBackbone(3, "mobilenet_v3_small", pretrained=False).eval()

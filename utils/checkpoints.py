@@ -237,10 +237,11 @@ def normalize_names(names: Any, nc: int | None = None) -> dict[int, str]:
 
 def build_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> nn.Module:
     """Rebuild our DetectionModel from a checkpoint dict (either format), weights loaded by name (strict)."""
+    from models.backbones import checkpoint_weights
     from models.yolo import DetectionModel  # models import utils; keep utils importable without models
 
-    yaml_dict = dict(ckpt["model_yaml"])
-    model = DetectionModel(yaml_dict)
+    with checkpoint_weights():  # the checkpoint holds every tensor: no ImageNet file is read for a backbone
+        model = DetectionModel(dict(ckpt["model_yaml"]))
     state = ckpt["state_dict"]
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -258,7 +259,7 @@ def build_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> nn.M
     for name, eps in (ckpt.get("bn_eps") or {}).items():
         if isinstance(modules.get(name), nn.BatchNorm2d):
             modules[name].eps = float(eps)
-    model.names = normalize_names(ckpt.get("names"), yaml_dict.get("nc"))
+    model.names = normalize_names(ckpt.get("names"), ckpt["model_yaml"].get("nc"))
     if ckpt.get("stride") is not None:
         model.stride = model.detect.stride = torch.tensor(ckpt["stride"], dtype=torch.float32)
     return model

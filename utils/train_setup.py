@@ -5,6 +5,7 @@ freezing, AutoAnchor, batch size, checkpoints and ``results.csv``. ``utils/train
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import math
 import os
@@ -125,13 +126,16 @@ def build_model(weights: str, cfg: str, nc: int, resume: bool = False) -> tuple[
     output convs at their initialisation); anchors are not transferred when ``cfg`` gives the architecture.
     Prints ``Transferred 343/349 items from yolov5n.pt``. Returns ``(model, checkpoint dict or None)``.
     """
+    from models.backbones import checkpoint_weights
     from models.yolo import DetectionModel
 
     if not weights:
         return DetectionModel(cfg, ch=3, nc=nc), None
     path = attempt_download(weights)
     ckpt = read_checkpoint(path)
-    model = DetectionModel(cfg or ckpt["model_yaml"], ch=3, nc=nc)
+    # the checkpoint's own architecture: its tensors replace any ImageNet backbone weights, so none are read
+    with checkpoint_weights() if resume or not cfg else contextlib.nullcontext():
+        model = DetectionModel(cfg or ckpt["model_yaml"], ch=3, nc=nc)
     state = ckpt.get("train_state_dict") if resume else None
     state = state or ckpt["state_dict"]
     exclude = ("anchors",) if cfg and not resume else ()
