@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -28,3 +29,19 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
     m = nn.Linear(2, 2)
     assert dist.wrap_ddp(m, torch.device("cpu"), sync_bn=True) is m
     assert dist.unwrap(nn.DataParallel(m)) is m and dist.unwrap(m) is m
+
+
+def test_each_torchrun_rank_gets_its_own_gpu(monkeypatch):
+    """--device '' or '0,1' under torchrun: rank k trains on GPU k (faked CUDA: no GPU on the CI machine)."""
+    from utils.devices import DeviceError, select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert select_device("", verbose=False) == torch.device("cuda:0")
+    assert select_device("", batch_size=5, verbose=False) == torch.device("cuda:0")  # one process: no split
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert select_device("", verbose=False) == torch.device("cuda:1")
+    assert select_device("1,0", verbose=False) == torch.device("cuda:0")
+    with pytest.raises(DeviceError, match="--device 0: 1 GPU\\(s\\) for LOCAL_RANK 1; give one per process"):
+        select_device("0", verbose=False)

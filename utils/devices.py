@@ -15,7 +15,8 @@ class DeviceError(ValueError):
 def select_device(device: str | int | torch.device = "", batch_size: int = 0, verbose: bool = True) -> torch.device:
     """Turn ``--device`` ('' | 'cpu' | '0' | '0,1' | 'cuda:0' | 'mps') into a torch.device.
 
-    '' picks CUDA device 0 when present, else the CPU. Asking for CUDA on a machine without it raises
+    '' picks CUDA device 0 when present (device LOCAL_RANK under torchrun), else the CPU; a list such as '0,1' gives
+    rank k its k-th entry. Asking for CUDA on a machine without it raises
     ``DeviceError`` with one line; ``batch_size`` must be a multiple of the GPU count for multi-GPU runs.
     """
     if isinstance(device, torch.device):
@@ -27,10 +28,11 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0, ve
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise DeviceError("--device mps: Apple MPS is not available on this machine")
         dev = torch.device("mps")
-    elif spec == "":
-        dev = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    elif spec == "" and not torch.cuda.is_available():
+        dev = torch.device("cpu")
     else:
-        ids = spec.split(",")
+        local_rank = int(os.environ.get("LOCAL_RANK", -1))  # torchrun: one GPU per local rank
+        ids = spec.split(",") if spec else [str(i) for i in range(torch.cuda.device_count())]
         if not all(i.isdigit() for i in ids):
             raise DeviceError(f"--device {device}: expected '', 'cpu', 'mps' or CUDA indices such as '0' or '0,1'")
         if not torch.cuda.is_available():
@@ -41,10 +43,13 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0, ve
         bad = [i for i in ids if int(i) >= n]
         if bad:
             raise DeviceError(f"--device {device}: CUDA device {bad[0]} does not exist ({n} device(s) visible)")
-        if len(ids) > 1 and batch_size > 0 and batch_size % len(ids):
+        if spec and len(ids) > 1 and batch_size > 0 and batch_size % len(ids):
             raise DeviceError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} GPUs in --device")
-        local_rank = int(os.environ.get("LOCAL_RANK", -1))
-        dev = torch.device(f"cuda:{ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]}")
+        if local_rank >= len(ids):
+            raise DeviceError(
+                f"--device {device or repr('')}: {len(ids)} GPU(s) for LOCAL_RANK {local_rank}; give one per process"
+            )
+        dev = torch.device(f"cuda:{ids[max(local_rank, 0)]}")
     if verbose:
         desc = "CPU" if dev.type == "cpu" else (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "MPS")
         print(

@@ -48,7 +48,6 @@ def init_distributed(device: torch.device, timeout_s: int = 10800) -> torch.devi
     if world_size() <= 1 or local_rank() == -1:
         return device
     if device.type == "cuda":  # select_device already picked this rank's GPU from --device and LOCAL_RANK
-        device = torch.device("cuda", local_rank() if device.index is None else device.index)
         torch.cuda.set_device(device)
         backend = "nccl" if dist.is_nccl_available() else "gloo"
     else:
