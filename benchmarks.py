@@ -33,6 +33,7 @@ from utils.export import (
 )
 from utils.files import increment_path
 from utils.options import (
+    OPTIMIZERS,
     UsageError,
     data_options,
     device_options,
@@ -89,7 +90,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--epochs", type=int, default=0, help="--study: training epochs per config (0: cost only)")
     p.add_argument("--hyp", default=None, help="--study training: hyperparameters (default: train.py's)")
-    p.add_argument("--optimizer", choices=("SGD", "Adam", "AdamW"), default=None, help="--study training: optimizer")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="--study training: optimizer")
     p.add_argument("--nbs", type=int, default=None, help="--study training: nominal batch size")
     return p.parse_args(argv)
 

@@ -19,7 +19,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from utils.options import data_options, output_options, print_args, run_cli
+from utils.options import OPTIMIZERS, data_options, output_options, print_args, run_cli
 
 # ``python train.py`` with no --data: a job that needs no download and no GPU. A YOLOv5n from scratch on the
 # synthetic shapes dataset, trained at 192 px and validated at the dataset's native 256 px, with AdamW and an
@@ -86,7 +86,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--optimizer", type=str, choices=("SGD", "Adam", "AdamW"), default=None, help="optimizer")
+    p.add_argument("--optimizer", type=str, choices=OPTIMIZERS, default=None, help="optimizer")
     p.add_argument(
         "--nbs", type=int, default=None, help="nominal batch size: gradients accumulate until a step has seen this many"
     )
@@ -138,7 +138,7 @@ def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
         device = dist.init_distributed(select_device(opt.device, max(opt.batch_size, 0)))
         try:
             if not opt.resume:  # rank 0 picks the run folder, so all ranks agree on it
-                folder = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok or bool(opt.evolve))
+                folder = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
                 opt.save_dir = str(dist.broadcast_object(folder if dist.is_main_process() else None))
             hyp = load_hyp(opt.hyp)
             if opt.evolve:

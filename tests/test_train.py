@@ -174,8 +174,13 @@ def test_bad_files_warn_once_each_and_training_goes_on(tmp_path, capsys):
 
 def test_evolve_two_generations(tiny, tmp_path):
     save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, evolve=2, project=tmp_path,
-                         name="evo", **TINY)  # fmt: skip
+                         name="evo", **{**TINY, "batch_size": -1})  # fmt: skip
     from utils.evolve import read_evolve_csv
+
+    assert yaml.safe_load((save_dir / "opt.yaml").read_text())["batch_size"] == 16  # AutoBatch's CPU size, kept
+    again = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, evolve=1, project=tmp_path,
+                      name="evo", **{**TINY, "exist_ok": False})  # fmt: skip
+    assert again.name == "evo2"  # a new evolution never continues an old evolve.csv
 
     keys, rows = read_evolve_csv(save_dir / "evolve.csv")
     assert rows.shape == (2, 7 + len(HYP_KEYS)) and keys[2] == "metrics/mAP_0.5"

@@ -62,11 +62,6 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
     """Let rank 0 run the body first (dataset generation, label caches), the other ranks afterwards."""

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.options import OPTIMIZERS
+
 NOMINAL_BATCH = 64  # the batch size the hyperparameters were tuned for: gradients are accumulated up to it
-OPTIMIZERS = ("SGD", "Adam", "AdamW")
-# Parameter group order: warmup treats group 0 (biases) differently, and results.csv logs x/lr0..lr2 in this order.
-GROUP_NAMES = ("bias", "weight(decay)", "weight(no decay)")
 
 
 def parameter_groups(model: nn.Module) -> tuple[list, list, list]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+OPTIMIZERS = ("SGD", "Adam", "AdamW")  # train.py --optimizer, benchmarks.py --study (built in utils/optim.py)
+
 
 def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)

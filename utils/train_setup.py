@@ -104,9 +104,8 @@ def _resume_options(opt: argparse.Namespace, defaults: dict) -> argparse.Namespa
     if "opt" not in ckpt or "optimizer" not in ckpt:
         raise UsageError(f"--resume {last}: not a resumable checkpoint (no training state); use --weights {last}")
     new = argparse.Namespace(**{**defaults, **ckpt["opt"]})
-    for k, v in (("optimizer", "SGD"), ("nbs", NOMINAL_BATCH)):  # runs saved before these options had job defaults
-        if getattr(new, k) is None:
-            setattr(new, k, v)
+    if new.nbs is None:  # a run saved before --nbs existed accumulated to YOLOv5's 64
+        new.nbs = NOMINAL_BATCH
     if opt.device:  # the machine may differ from the one the run started on
         new.device = opt.device
     new.workers = opt.workers if opt.workers != defaults.get("workers") else new.workers
@@ -225,7 +224,7 @@ def image_sampling_weights(labels: list[np.ndarray], nc: int, maps: np.ndarray) 
 # --------------------------------------------------------------------------------------------------- checkpoints
 def plain_options(d: dict) -> dict:
     """Options as YAML / ``weights_only``-safe plain values (paths become strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items() if k != "callbacks"}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

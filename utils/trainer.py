@@ -110,7 +110,6 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     if main:
         wdir.mkdir(parents=True, exist_ok=True)
         (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
-        (save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(vars(opt)), sort_keys=False))
         if not resume:
             results_csv.unlink(missing_ok=True)  # a reused folder (--exist-ok) starts a fresh table
         for tmp in wdir.glob(".*.pt.*.tmp"):  # left by a run killed while saving (save_atomic's temporary files)
@@ -123,7 +122,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     names = {0: "item"} if opt.single_cls and data["nc"] != 1 else data["names"]
 
     model, ckpt = build_model(opt.weights, opt.cfg, nc, resume)
-    if opt.prune:  # before channels_last: the global ranking flattens weights with .view(-1)
+    if opt.prune:
         from utils.prune import global_l1_prune
 
         global_l1_prune(model, opt.prune)
@@ -132,11 +131,13 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     freeze_layers(model, opt.freeze)
     gs = max(int(model.stride.max()), 32)
     imgsz, imgsz_val = (check_img_size(s, gs) for s in train_val_sizes(opt.imgsz))
-    batch_size = resolve_batch_size(opt.batch_size, model, imgsz, device, ws, opt.amp)
+    # AutoBatch (-1) is resolved once: opt.yaml, --resume and later --evolve generations keep the size it chose
+    batch_size = opt.batch_size = resolve_batch_size(opt.batch_size, model, imgsz, device, ws, opt.amp)
+    if main:
+        (save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(vars(opt)), sort_keys=False))
     accumulate = accumulate_steps(batch_size, opt.nbs)
-    hyp_run = dict(hyp)
-    hyp_run["weight_decay"] = scaled_weight_decay(hyp["weight_decay"], batch_size, accumulate, opt.nbs)
-    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp_run["weight_decay"])
+    weight_decay = scaled_weight_decay(hyp["weight_decay"], batch_size, accumulate, opt.nbs)
+    optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
     lf = lr_lambda(epochs, hyp["lrf"], opt.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
