@@ -252,14 +252,14 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
             if not opt.noval or final_epoch:
                 results, maps = validate(ema.ema, val_loader, names, device, compute_loss, opt)
             fi = float(fitness(np.array(results).reshape(1, -1))[0])
-            stop = stopper(epoch, fi)
-            if fi > best_fitness:
-                best_fitness, best_epoch = fi, epoch
+            stop = stopper(epoch, fi)  # the stopper keeps the best fitness and epoch (ties count as the newer epoch)
             write_results_row(results_csv, epoch, [*mloss.tolist(), *results, *lr])
             if not opt.nosave or (final_epoch and not opt.evolve):
-                ck = epoch_checkpoint(ema, model, optimizer, epoch, best_fitness, best_epoch, opt, hyp)
+                ck = epoch_checkpoint(
+                    ema, model, optimizer, epoch, stopper.best_fitness, stopper.best_epoch, opt, hyp
+                )  # fmt: skip
                 save_atomic(ck, last)
-                if best_fitness == fi:
+                if stopper.best_epoch == epoch:
                     save_atomic(ck, best)
                 if opt.save_period > 0 and epoch % opt.save_period == 0:
                     save_atomic(ck, wdir / f"epoch{epoch}.pt")
