@@ -15,22 +15,20 @@ import numpy as np
 import torch
 import yaml
 
+from utils.files import append_csv_row
 from utils.hyps import load_hyp, mutate_hyp
 from utils.metrics import fitness
+from utils.plots import read_csv_columns
+from utils.train_setup import RESULT_KEYS
 
-METRIC_KEYS = (
-    "metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-    "val/box_loss", "val/obj_loss", "val/cls_loss",
-)  # fmt: skip
+METRIC_KEYS = RESULT_KEYS[3:10]  # precision ... val/cls_loss: what train() returns
 PARENTS = 5  # parents are drawn from this many best rows
 
 
 def read_evolve_csv(path: Path) -> tuple[list[str], np.ndarray]:
     """``(column names, ndarray[rows, columns])`` of an ``evolve.csv``."""
-    lines = [ln for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
-    keys = [k.strip() for k in lines[0].split(",")]
-    rows = np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]], dtype=np.float64).reshape(-1, len(keys))
-    return keys, rows
+    cols = read_csv_columns(path)
+    return list(cols), np.stack(list(cols.values()), 1)
 
 
 def select_parent(path: Path, rng: np.random.Generator) -> dict[str, float]:
@@ -44,11 +42,7 @@ def select_parent(path: Path, rng: np.random.Generator) -> dict[str, float]:
 
 
 def append_generation(path: Path, results: tuple, hyp: dict[str, float]) -> None:
-    keys = (*METRIC_KEYS, *hyp)
-    values = (*results[: len(METRIC_KEYS)], *hyp.values())
-    head = "" if path.exists() else ("%20s," * len(keys) % keys).rstrip(",") + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(head + ("%20.5g," * len(values) % values).rstrip(",") + "\n")
+    append_csv_row(path, (*METRIC_KEYS, *hyp), (*results[: len(METRIC_KEYS)], *hyp.values()))
 
 
 def write_best_yaml(evolve_csv: Path, yaml_path: Path) -> dict[str, float]:

@@ -17,3 +17,15 @@ def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False
     if mkdir:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def append_csv_row(path: Path, keys: tuple[str, ...] | list[str], values) -> None:
+    """Append one row of numbers to a YOLOv5-style CSV (``%20s`` / ``%20.5g`` columns), with a header when new.
+
+    ``results.csv`` and ``evolve.csv`` are written this way; ``utils.plots.read_csv_columns`` reads them back.
+    """
+    path = Path(path)
+    values = tuple(values)
+    head = "" if path.exists() else ("%20s," * len(keys) % tuple(keys)).rstrip(",") + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(head + ("%20.5g," * len(values) % values).rstrip(",") + "\n")

@@ -17,6 +17,7 @@ from torch import nn
 
 from utils import dist
 from utils.checkpoints import CheckpointError, attempt_download, checkpoint_dict, read_checkpoint, save_atomic
+from utils.files import append_csv_row
 from utils.optim import NOMINAL_BATCH
 from utils.options import REPO_ROOT, UsageError
 
@@ -274,7 +275,4 @@ def strip_checkpoint(path: Path) -> None:
 
 def write_results_row(path: Path, epoch: int, values: list[float]) -> None:
     """Append one epoch to ``results.csv`` (YOLOv5's columns, written with a header when the file is new)."""
-    n = len(RESULT_KEYS) + 1
-    head = "" if path.exists() else ("%20s," * n % ("epoch", *RESULT_KEYS)).rstrip(",") + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(head + ("%20.5g," * n % (epoch, *values)).rstrip(",") + "\n")
+    append_csv_row(path, ("epoch", *RESULT_KEYS), (epoch, *values))
