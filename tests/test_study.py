@@ -154,3 +154,28 @@ def test_run_study_checkpoints_with_val(tmp_path, tiny_data):
     assert (save_dir / "training_curves.png").is_file()
     with pytest.raises(ValueError, match="repeats exp7: identical weights make no ensemble"):
         run_study(weights=[str(w)], ensembles=["exp7,exp7"], data=str(tiny_data), device="cpu", project=tmp_path)
+
+
+def test_study_reuses_the_training_validation_and_checks_ensembles_first(tmp_path, tiny_data):
+    val_calls = []
+
+    def fake_train(**kw) -> Path:
+        run = Path(kw["project"]) / kw["name"]
+        save_checkpoint(DetectionModel(kw["cfg"], nc=len(NAMES)), run / "weights" / "best.pt")
+        for fn in kw["callbacks"]["on_train_end"]:  # what train.run reports after validating best.pt
+            fn(save_dir=run, results=(0.5, 0.4, 0.3, 0.2, 0.0, 0.0, 0.0))
+        return run
+
+    def fake_val(**kw):
+        val_calls.append(kw["name"])
+        return SimpleNamespace(mp=0.1, mr=0.1, map50=0.1, map=0.1), None, None
+
+    kw = dict(data=str(tiny_data), imgsz=64, epochs=1, batch_size=2, device="cpu", project=tmp_path, workers=0,
+              latency_runs=1, train_fn=fake_train, val_fn=fake_val)  # fmt: skip
+    with pytest.raises(ValueError, match=r"--ensembles yolov5x: neither a label of --cfgs/--weights"):
+        run_study(cfgs=["yolov5n.yaml"], ensembles=["yolov5n,yolov5x"], name="typo", **kw)
+    assert not (tmp_path / "typo" / "train").exists()  # refused before any training
+    save_dir = run_study(cfgs=["yolov5n.yaml"], name="reuse", **kw)
+    with open(save_dir / "study.csv") as f:
+        row = next(csv.DictReader(f))
+    assert val_calls == [] and float(row["map"]) == 0.2 and float(row["map50"]) == 0.3

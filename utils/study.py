@@ -275,24 +275,35 @@ def run_study(
 
     def train_one(cfg: str, label: str, seed: int) -> None:
         kwargs = {**(train_kwargs or {}), **({"seed": seed} if seed else {})}  # e.g. hyp, optimizer
+        final = []  # train.run validates best.pt at the end; those figures are reused instead of validating again
         t0 = time.perf_counter()
         run_dir = Path(
             train_fn(
                 data=data, cfg=cfg, weights="", epochs=epochs, imgsz=imgsz, batch_size=batch_size,
                 project=str(save_dir / "train"), name=label, exist_ok=True, noplots=True, device=device,
-                workers=workers, **kwargs,
+                workers=workers, callbacks={"on_train_end": [lambda results, **_: final.append(results)]}, **kwargs,
             )
         )  # fmt: skip
         files[label] = str(run_dir / "weights" / "best.pt")
         results = run_dir / "results.csv"
         rows[label] = StudyRow(label, "model", 0, 0.0, 0.0, train_s=time.perf_counter() - t0)
         rows[label].results_csv = str(results) if results.is_file() else ""
+        if final:
+            row = rows[label]
+            row.precision, row.recall, row.map50, row.map = (float(v) for v in final[0][:4])
 
     def unique(label: str) -> str:  # yolov5n.yaml and yolov5n.pt both given: yolov5n, yolov5n-2
         out, n = label, 2
         while out in files:
             out, n = f"{label}-{n}", n + 1
         return out
+
+    known = {_label(c) for c in cfgs} | {_label(w) for w in weights}
+    groups_in = [m.replace("+", ",").split(",") if isinstance(m, str) else list(m) for m in ensembles]  # CLI "a,b"
+    for token in (t for members in groups_in for t in members):  # before any training: a typo costs nothing
+        if token not in known and not Path(token).is_file():
+            raise ValueError(f"--ensembles {token}: neither a label of --cfgs/--weights ({sorted(known)}) nor a file")
+    by_path: dict[str, str] = {}  # checkpoint file -> its label
 
     for cfg in cfgs:
         label = unique(_label(cfg))
@@ -306,18 +317,21 @@ def run_study(
             files[label] = str(save_checkpoint(DetectionModel(cfg), save_dir / "untrained" / f"{label}.pt"))
             rows[label] = StudyRow(label, "model", 0, 0.0, 0.0)
     for w in weights:
-        label = unique(_label(w))
+        label = by_path[str(w)] = unique(_label(w))
         files[label] = str(w)
         rows[label] = StudyRow(label, "model", 0, 0.0, 0.0, results_csv=_results_csv_of(w))
 
     groups: list[list[str]] = []
-    for members in ensembles:
-        members = members.replace("+", ",").split(",") if isinstance(members, str) else members  # CLI "a,b"
+    for members in groups_in:
         labels, seen = [], {}
         for token in members:
-            base = token if token in files else _label(token)
-            if base not in files:
-                files[base] = str(token)
+            if token in files:  # a label
+                base = token
+            elif token in by_path:  # a file given twice
+                base = by_path[token]
+            else:  # a new checkpoint file: its own label, never confused with a trained config of the same stem
+                base = by_path[token] = unique(_label(token))
+                files[base] = token
                 rows[base] = StudyRow(base, "model", 0, 0.0, 0.0, results_csv=_results_csv_of(token))
             k = seen[base] = seen.get(base, -1) + 1
             label = base if k == 0 else f"{base}-seed{k}"
@@ -342,7 +356,8 @@ def run_study(
         row = rows[labels[0]] if len(labels) == 1 else StudyRow(ensemble_name(labels), "ensemble", 0, 0.0, 0.0)
         row.members = [files[lb] for lb in labels]
         _measure_cost(row, models, labels, imgsz, cuda, latency_runs)
-        if epochs > 0 or not any(lb in cfg_of for lb in labels):  # untrained configs: cost only
+        measurable = epochs > 0 or not any(lb in cfg_of for lb in labels)  # untrained configs: cost only
+        if measurable and math.isnan(row.map):  # not yet validated by its own training run
             result = val_fn(
                 data=data, weights=row.members, batch_size=batch_size, imgsz=imgsz, device=device, workers=workers,
                 project=str(save_dir / "val"), name=row.name, exist_ok=True, noplots=True,
