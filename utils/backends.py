@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.checkpoints import CheckpointError, load_model
+from utils.checkpoints import CheckpointError, load_model, normalize_names
 
 
 class BackendError(CheckpointError):
@@ -45,8 +45,7 @@ def decode_metadata(raw: dict[str, Any]) -> dict[str, Any]:
                     continue
         out[k] = v
     if "names" in out:
-        names = out["names"]
-        out["names"] = {int(i): str(n) for i, n in (names.items() if isinstance(names, dict) else enumerate(names))}
+        out["names"] = normalize_names(out["names"])
     return out
 
 
