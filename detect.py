@@ -23,6 +23,7 @@ from utils.inference import load_inference_model
 from utils.nms import non_max_suppression
 from utils.options import (
     REPO_ROOT,
+    check_img_size,
     device_options,
     image_size_options,
     inference_options,
@@ -169,9 +170,7 @@ def run(
         imgsz=imgsz,
     )
     names, stride = model.names, model.max_stride
-    if imgsz % stride:
-        imgsz = int(-(-imgsz // stride) * stride)
-        print(f"WARNING ⚠️ --img-size must be a multiple of max stride {stride}, updating to {imgsz}")
+    imgsz = check_img_size(imgsz, stride)
     dataset, is_stream = _make_source(str(source), imgsz, stride, model.supports_rect, vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     if save_txt:

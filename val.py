@@ -20,6 +20,7 @@ from utils.files import increment_path
 from utils.inference import load_inference_model
 from utils.options import (
     UsageError,
+    check_img_size,
     data_options,
     device_options,
     image_size_options,
@@ -120,10 +121,7 @@ def run(
             f"pass --single-cls or weights trained on this dataset"
         )
     stride = model.max_stride
-    if imgsz % stride:
-        new = int(-(-imgsz // stride) * stride)
-        print(f"WARNING ⚠️ --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
-        imgsz = new
+    imgsz = check_img_size(imgsz, stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     loader, dataset = create_dataloader(
         data[split],

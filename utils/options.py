@@ -12,6 +12,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 OPTIMIZERS = ("SGD", "Adam", "AdamW")  # train.py --optimizer, benchmarks.py --study (built in utils/optim.py)
 
 
+def check_img_size(imgsz: int, stride: int, min_strides: int = 1) -> int:
+    """``imgsz`` rounded up to a multiple of the model's max ``stride`` (at least ``min_strides`` of it), with a
+    one-line warning when it changes. val.py, detect.py and train.py (``min_strides=2``) all size images this way."""
+    new = max(-(-imgsz // stride) * stride, stride * min_strides)
+    if new != imgsz:
+        print(f"WARNING ⚠️ --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
+    return int(new)
+
+
 def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
 

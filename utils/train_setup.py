@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import math
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import dist
+from utils import dist, options
 from utils.checkpoints import CheckpointError, attempt_download, checkpoint_dict, read_checkpoint, save_atomic
 from utils.files import append_csv_row
 from utils.optim import NOMINAL_BATCH
@@ -173,11 +172,8 @@ def train_val_sizes(imgsz: int | list[int]) -> tuple[int, int]:
 
 
 def check_img_size(imgsz: int, gs: int) -> int:
-    """``imgsz`` rounded up to a multiple of the max stride ``gs`` (at least 2 strides), with a warning."""
-    new = max(math.ceil(imgsz / gs) * gs, gs * 2)
-    if new != imgsz:
-        print(f"WARNING ⚠️ --img-size {imgsz} must be multiple of max stride {gs}, updating to {new}")
-    return new
+    """``imgsz`` rounded up to a multiple of the max stride ``gs``, at least 2 strides (training mosaics)."""
+    return options.check_img_size(imgsz, gs, min_strides=2)
 
 
 def resolve_batch_size(batch_size: int, model: nn.Module, imgsz: int, device: torch.device, ws: int, amp: bool) -> int:
