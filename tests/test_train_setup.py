@@ -93,9 +93,9 @@ def test_check_img_size_rounds_up_to_the_stride(capsys):
 
 
 def test_autobatch_on_cpu_explains_and_uses_16(capsys):
-    assert resolve_batch_size(-1, None, 64, torch.device("cpu"), 1, True) == 16
+    assert resolve_batch_size(-1, None, 64, torch.device("cpu"), True) == 16
     assert "on CPU using --batch-size 16" in capsys.readouterr().out
-    assert resolve_batch_size(8, None, 64, torch.device("cpu"), 1, True) == 8
+    assert resolve_batch_size(8, None, 64, torch.device("cpu"), True) == 8
 
 
 def test_weight_transfer_by_name_and_shape(yolov5n_pt, capsys):

@@ -20,12 +20,12 @@ def autobatch(
     the batch size is read off the line. Falls back to ``default`` when the measurement fails.
     """
     if device.type != "cuda":
-        print(f"{PREFIX}CUDA not detected, using default --batch-size {default}")
+        print(f"{PREFIX}--batch-size -1 measures CUDA memory; on {device.type.upper()} using --batch-size {default}")
         return default
     gb = 1 << 30
     props = torch.cuda.get_device_properties(device)
     total = props.total_memory / gb
-    free = total - (torch.cuda.memory_reserved(device) + torch.cuda.memory_allocated(device)) / gb
+    free = torch.cuda.mem_get_info(device)[0] / gb  # what the driver can still hand out (other processes included)
     print(
         f"{PREFIX}Computing optimal batch size for --imgsz {imgsz} ({props.name} {total:.2f}G total, {free:.2f}G free)"
     )

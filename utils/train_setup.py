@@ -26,7 +26,6 @@ RESULT_KEYS = (
     "val/box_loss", "val/obj_loss", "val/cls_loss",
     "x/lr0", "x/lr1", "x/lr2",
 )  # fmt: skip
-CPU_BATCH = 16  # --batch-size -1 (AutoBatch) on a device without CUDA memory to measure
 
 
 # ------------------------------------------------------------------------------------------------------- options
@@ -176,18 +175,11 @@ def check_img_size(imgsz: int, gs: int) -> int:
     return options.check_img_size(imgsz, gs, min_strides=2)
 
 
-def resolve_batch_size(batch_size: int, model: nn.Module, imgsz: int, device: torch.device, ws: int, amp: bool) -> int:
-    """``batch_size``, or for -1 the AutoBatch estimate on CUDA; on other devices a clear message and 16."""
-    if batch_size != -1:
-        return batch_size
-    if device.type != "cuda":
-        print(
-            f"AutoBatch: --batch-size -1 measures CUDA memory; on {device.type.upper()} using --batch-size {CPU_BATCH}"
-        )
-        return CPU_BATCH
+def resolve_batch_size(batch_size: int, model: nn.Module, imgsz: int, device: torch.device, amp: bool) -> int:
+    """``batch_size``, or for -1 AutoBatch's estimate (on a device without CUDA: a clear message and 16)."""
     from utils.autobatch import autobatch
 
-    return autobatch(model, imgsz, device, amp=amp)
+    return batch_size if batch_size != -1 else autobatch(model, imgsz, device, amp=amp)
 
 
 def run_autoanchor(model: nn.Module, dataset, thr: float, imgsz: int) -> bool:

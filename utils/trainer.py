@@ -8,7 +8,6 @@ resolved by ``utils.train_setup.resolve_options``) and returns the final validat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import random
 import time
@@ -132,7 +131,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     gs = max(int(model.stride.max()), 32)
     imgsz, imgsz_val = (check_img_size(s, gs) for s in train_val_sizes(opt.imgsz))
     # AutoBatch (-1) is resolved once: opt.yaml, --resume and later --evolve generations keep the size it chose
-    batch_size = opt.batch_size = resolve_batch_size(opt.batch_size, model, imgsz, device, ws, opt.amp)
+    batch_size = opt.batch_size = resolve_batch_size(opt.batch_size, model, imgsz, device, opt.amp)
     if main:
         (save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(vars(opt)), sort_keys=False))
     accumulate = accumulate_steps(batch_size, opt.nbs)
@@ -216,7 +215,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
                 imgs = _random_rescale(imgs, imgsz, gs)
             if channels_last:
                 imgs = imgs.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", enabled=amp) if amp else contextlib.nullcontext():
+            with torch.autocast("cuda", enabled=amp):
                 pred = model(imgs)
                 loss, loss_items = compute_loss(pred, targets.to(device))
             loss = loss * ws * (4.0 if opt.quad else 1.0)  # DDP averages gradients over ranks; quad: 4 images each
