@@ -279,9 +279,25 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", fuse: bool 
 
 
 # --------------------------------------------------------------------------------------------------------- writing
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copy of ``model``'s state (DDP unwrapped, NCHW) with pruning masks applied (``weight = weight_orig *
+    weight_mask``), so the keys are the plain model's whether or not it was pruned."""
+    from utils.dist import unwrap
+
+    sd = unwrap(model).state_dict()
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("_mask"):
+            continue
+        if k.endswith("_orig") and k[:-5] + "_mask" in sd:
+            k, v = k[:-5], v * sd[k[:-5] + "_mask"]
+        out[k] = v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+    return out
+
+
 def checkpoint_dict(model: nn.Module, **meta: Any) -> dict:
     """Our format for ``model``: fp32 state dict plus metadata. ``meta`` adds epoch, optimizer state, ema..."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = plain_state_dict(model)
     return {
         "format": FORMAT,
         "model_yaml": dict(model.yaml),

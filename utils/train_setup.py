@@ -15,7 +15,14 @@ import torch
 from torch import nn
 
 from utils import dist, options
-from utils.checkpoints import CheckpointError, attempt_download, checkpoint_dict, read_checkpoint, save_atomic
+from utils.checkpoints import (
+    CheckpointError,
+    attempt_download,
+    checkpoint_dict,
+    plain_state_dict,
+    read_checkpoint,
+    save_atomic,
+)
 from utils.files import append_csv_row
 from utils.optim import NOMINAL_BATCH
 from utils.options import REPO_ROOT, UsageError
@@ -216,19 +223,6 @@ def plain_options(d: dict) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU copy of ``model``'s state with pruning masks applied (``weight = weight_orig * weight_mask``)."""
-    sd = dist.unwrap(model).state_dict()
-    out = {}
-    for k, v in sd.items():
-        if k.endswith("_mask"):
-            continue
-        if k.endswith("_orig") and k[:-5] + "_mask" in sd:
-            k, v = k[:-5], v * sd[k[:-5] + "_mask"]
-        out[k] = v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-    return out
-
-
 def epoch_checkpoint(ema, model, optimizer, epoch: int, best_fitness: float, best_epoch: int, opt, hyp) -> dict:
     """Our checkpoint format with the EMA weights as ``state_dict`` (what inference loads) plus the training
     state --resume needs: raw weights, optimizer, EMA update count, epoch, best fitness, options and hyp.
@@ -244,7 +238,6 @@ def epoch_checkpoint(ema, model, optimizer, epoch: int, best_fitness: float, bes
         opt=plain_options(vars(opt)),
         hyp=dict(hyp),
     )
-    ck["state_dict"] = plain_state_dict(ema.ema)
     return ck
 
 
