@@ -21,7 +21,8 @@ from pathlib import Path
 
 import val as validate
 from utils.devices import select_device
-from utils.export import (
+from utils.errors import UserError
+from utils.export.formats import (
     FORMATS,
     ExportError,
     ExportOptions,
@@ -48,7 +49,7 @@ COLUMNS = ("Format", "Size (MB)", "mAP50-95", "Inference time (ms/im)", "Status"
 DEFAULT_FORMATS = tuple(r.flag for r in FORMATS if r.flag != "pt")  # the PyTorch row is the source weights
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(UserError):
     """``--hard-fail``: a format errored or fell below the mAP floor."""
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from utils.boxes import scale_boxes_to_original, xyxy2xywh
 from utils.devices import Profile, select_device
 from utils.files import increment_path
-from utils.inference import load_inference_model
+from utils.inference.loader import load_inference_model
 from utils.nms import non_max_suppression
 from utils.options import (
     REPO_ROOT,
@@ -111,7 +111,7 @@ def _save_txt(det: torch.Tensor, shape0: tuple[int, ...], file: Path, save_conf:
 
 
 def _make_source(source: str, imgsz: int, stride: int, auto: bool, vid_stride: int):
-    from utils.sources import LoadImages, LoadStreams, classify_source
+    from utils.data.sources import LoadImages, LoadStreams, classify_source
 
     if classify_source(source) == "stream":
         return LoadStreams(source, img_size=imgsz, stride=stride, auto=auto, vid_stride=vid_stride), True

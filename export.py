@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from utils.devices import select_device
-from utils.export import FORMATS, ExportError, ExportOptions, export_formats, format_row, load_export_model
+from utils.export.formats import FORMATS, ExportError, ExportOptions, export_formats, format_row, load_export_model
 from utils.options import (
     UsageError,
     device_options,

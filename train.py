@@ -124,12 +124,12 @@ def run(**kwargs) -> Path:
 
 
 def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
-    from utils import dist
     from utils.devices import select_device
     from utils.files import increment_path
-    from utils.hyps import load_hyp
-    from utils.train_setup import resolve_options
-    from utils.trainer import train
+    from utils.train import dist
+    from utils.train.hyps import load_hyp
+    from utils.train.setup import resolve_options
+    from utils.train.trainer import train
 
     quiet = contextlib.nullcontext() if dist.is_main_process() else contextlib.redirect_stdout(None)
     with quiet:  # only rank 0 logs
@@ -142,7 +142,7 @@ def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
                 opt.save_dir = str(dist.broadcast_object(folder if dist.is_main_process() else None))
             hyp = load_hyp(opt.hyp)
             if opt.evolve:
-                from utils.evolve import evolve
+                from utils.train.evolve import evolve
 
                 evolve(hyp, opt, device, train)
             else:

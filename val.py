@@ -12,12 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from utils.dataset_config import load_data_config
-from utils.datasets import create_dataloader
+from utils.data.dataset_config import load_data_config
+from utils.data.datasets import create_dataloader
 from utils.devices import select_device
 from utils.evaluate import EvalOptions, coco_evaluate, evaluate, ground_truth_coco_json
 from utils.files import increment_path
-from utils.inference import load_inference_model
+from utils.inference.loader import load_inference_model
 from utils.options import (
     UsageError,
     check_img_size,

@@ -32,6 +32,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from utils.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LEVEL_STRIDES = (8, 16, 32)
@@ -54,7 +56,7 @@ def checkpoint_weights() -> Iterator[None]:
         _from_checkpoint = before
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError):
     """An architecture that cannot serve as a backbone; the message is one line."""
 
 

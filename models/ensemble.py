@@ -18,10 +18,11 @@ from torch import nn
 
 from utils.boxes import xyxy2xywh
 from utils.devices import sync_time
+from utils.errors import UserError
 from utils.nms import non_max_suppression
 
 
-class EnsembleError(ValueError):
+class EnsembleError(UserError):
     """Members that cannot be combined; one line."""
 
 

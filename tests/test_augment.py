@@ -1,6 +1,14 @@
 import numpy as np
 
-from utils.augment import augment_hsv, box_candidates, copy_paste, load_mosaic, mixup, random_flip, random_perspective
+from utils.data.augment import (
+    augment_hsv,
+    box_candidates,
+    copy_paste,
+    load_mosaic,
+    mixup,
+    random_flip,
+    random_perspective,
+)
 
 NO_GEOMETRY = {"degrees": 0.0, "translate": 0.0, "scale": 0.0, "shear": 0.0, "perspective": 0.0, "copy_paste": 0.0}
 SCRATCH_LOW_GEOMETRY = {**NO_GEOMETRY, "translate": 0.1, "scale": 0.5}

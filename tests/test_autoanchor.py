@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.autoanchor import (
+from utils.train.autoanchor import (
     anchor_metrics,
     check_anchor_order,
     check_anchors,

@@ -12,7 +12,7 @@ import models.backbones as backbones
 from models.backbones import BackboneError, Take, TorchvisionBackbone, feature_layout, pretrained_file
 from models.yolo import DetectionModel
 from utils.checkpoints import build_from_checkpoint, checkpoint_dict, read_checkpoint, save_atomic
-from utils.loss import YoloLoss
+from utils.train.loss import YoloLoss
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE_YAMLS = sorted((REPO / "models" / "backbones").glob("*.yaml"))
@@ -23,7 +23,7 @@ NC = 5
 @pytest.fixture(scope="module")
 def tiny_shapes(tmp_path_factory) -> Path:
     """4 train + 4 val synthetic 64 px images and their data YAML."""
-    from utils.shapes import generate_shapes_dataset
+    from utils.data.shapes import generate_shapes_dataset
 
     root = generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=4, n_val=4, imgsz=64)
     names = dict(enumerate(["circle", "rectangle", "triangle", "star", "cross"]))
@@ -68,8 +68,8 @@ def test_yamls_shipped():
 
 @pytest.mark.parametrize("cfg", BACKBONE_YAMLS, ids=lambda p: p.stem)
 def test_yaml_builds_trains_a_step_and_validates(cfg, tiny_shapes, no_downloads):
-    from utils.dataset_config import load_data_config
-    from utils.datasets import create_dataloader
+    from utils.data.dataset_config import load_data_config
+    from utils.data.datasets import create_dataloader
     from utils.evaluate import EvalOptions, evaluate
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tests for utils/backends.py and exported weights in utils/inference.py, val.py and detect.py."""
+"""Tests for utils/inference/backends.py and exported weights in utils/inference/loader.py, val.py and detect.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 import detect
 import export
 import val
-from utils.augment import letterbox
-from utils.backends import (
+from utils.data.augment import letterbox
+from utils.errors import UsageError
+from utils.inference.backends import (
     BackendError,
     OnnxBackend,
     OpenVINOBackend,
@@ -24,9 +25,8 @@ from utils.backends import (
     decode_metadata,
     load_backend,
 )
-from utils.inference import load_inference_model
+from utils.inference.loader import load_inference_model
 from utils.nms import non_max_suppression
-from utils.options import UsageError
 
 CPU = torch.device("cpu")
 IMAGES = ("000000000009.jpg", "000000000025.jpg", "000000000030.jpg")

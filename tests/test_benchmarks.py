@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import benchmarks
-from utils.backends import load_backend
-from utils.options import UsageError
+from utils.errors import UsageError
+from utils.inference.backends import load_backend
 
 
 @pytest.fixture()

@@ -34,7 +34,7 @@ def test_official_checkpoint_reads_names_stride_and_tensors(yolov5n_pt):
 def test_converted_checkpoint_is_bit_identical_and_weights_only(yolov5n_pt, coco128, tmp_path):
     import cv2
 
-    from utils.augment import letterbox
+    from utils.data.augment import letterbox
 
     im = cv2.imread(str(sorted((coco128 / "images" / "train2017").glob("*.jpg"))[0]))
     x = torch.from_numpy(letterbox(im, 640)[0].transpose(2, 0, 1)[::-1].copy()).float()[None] / 255

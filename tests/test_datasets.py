@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from tests.conftest import copy_coco_subset, write_data_yaml
-from utils.augment import letterbox
-from utils.dataset_config import DatasetError, img2label_path, list_image_files, load_data_config
-from utils.datasets import YoloDataset, create_dataloader, rect_batch_shapes
-from utils.labels import cache_path_for, scan_labels, verify_image_label
+from utils.data.augment import letterbox
+from utils.data.dataset_config import DatasetError, img2label_path, list_image_files, load_data_config
+from utils.data.datasets import YoloDataset, create_dataloader, rect_batch_shapes
+from utils.data.labels import cache_path_for, scan_labels, verify_image_label
 
 
 @pytest.fixture()

@@ -1,10 +1,10 @@
-"""The training side of utils/datasets.py: quad collation and loaders rebuilt around an existing dataset."""
+"""The training side of utils/data/datasets.py: quad collation and loaders rebuilt around an existing dataset."""
 
 import torch
 
-from utils import datasets
-from utils.datasets import YoloDataset, collate_quad, make_loader
-from utils.shapes import generate_shapes_dataset
+from utils.data import datasets
+from utils.data.datasets import YoloDataset, collate_quad, make_loader
+from utils.data.shapes import generate_shapes_dataset
 
 
 def quad_batch():

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from utils import dist
+from utils.train import dist
 
 
 def test_rank_and_world_size_are_read_from_the_environment_on_each_call(monkeypatch):

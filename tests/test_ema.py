@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from utils.ema import ModelEMA, load_plain_state
-from utils.train_setup import plain_state_dict
+from utils.train.ema import ModelEMA, load_plain_state
+from utils.train.setup import plain_state_dict
 
 
 def test_decay_ramp_and_update_formula():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from utils.evolve import METRIC_KEYS, append_generation, read_evolve_csv, select_parent, write_best_yaml
-from utils.hyps import HYP_KEYS, load_hyp
 from utils.options import REPO_ROOT
+from utils.train.evolve import METRIC_KEYS, append_generation, read_evolve_csv, select_parent, write_best_yaml
+from utils.train.hyps import HYP_KEYS, load_hyp
 
 HYP = load_hyp(REPO_ROOT / "data" / "hyps" / "hyp.scratch-low.yaml")
 

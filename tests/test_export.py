@@ -1,4 +1,4 @@
-"""Tests for export.py and utils/export.py: the format table, metadata, checks, pruned .pt, ONNX NMS, ensembles."""
+"""Tests for export.py and utils/export/formats.py: the format table, metadata, checks, pruned .pt, ONNX NMS, ensembles."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import yaml
 import export
 from models.yolo import DetectionModel
 from utils.checkpoints import load_model, save_checkpoint
-from utils.export import (
+from utils.export.formats import (
     FORMATS,
     ExportError,
     ExportOptions,
@@ -27,7 +27,7 @@ from utils.export import (
     load_export_model,
     output_path,
 )
-from utils.prune import conv_sparsity
+from utils.inference.prune import conv_sparsity
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_the_check_catches_an_export_that_differs(random_pt, exported):
 
 
 def test_dynamic_simplified_onnx_runs_other_shapes_and_batches(random_pt, tmp_path):
-    from utils.backends import load_backend
+    from utils.inference.backends import load_backend
 
     file = export.run(
         weights=str(random_pt), include=["onnx"], imgsz=[64], dynamic=True, simplify=True, save_dir=tmp_path
@@ -161,7 +161,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("utils", "models", "t
 def test_nms_onnx_returns_final_boxes_in_onnxruntime_alone(yolov5n_pt, coco128, tmp_path):
     import cv2
 
-    from utils.augment import letterbox
+    from utils.data.augment import letterbox
     from utils.nms import non_max_suppression
 
     file = export.run(
@@ -196,7 +196,7 @@ def test_nms_onnx_returns_final_boxes_in_onnxruntime_alone(yolov5n_pt, coco128, 
 
 
 def test_ensemble_exports_as_one_file_and_wbf_is_refused(random_pt, tmp_path):
-    from utils.backends import load_backend
+    from utils.inference.backends import load_backend
 
     file = export.run(weights=[str(random_pt)] * 2, include=["onnx"], imgsz=[64], save_dir=tmp_path)["onnx"]
     assert file.name == "rand_ensemble.onnx"

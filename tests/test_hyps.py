@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.hyps import HYP_KEYS, HYP_LIMITS, load_hyp, mutate_hyp
+from utils.train.hyps import HYP_KEYS, HYP_LIMITS, load_hyp, mutate_hyp
 
 HYPS = Path(__file__).resolve().parents[1] / "data" / "hyps"
 

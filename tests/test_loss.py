@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.loss import FocalLoss, YoloLoss, bbox_ciou, scale_loss_gains, smooth_bce_targets
+from utils.train.loss import FocalLoss, YoloLoss, bbox_ciou, scale_loss_gains, smooth_bce_targets
 
 HYP = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0, "fl_gamma": 0.0}
 STRIDES = torch.tensor([8.0, 16.0, 32.0])

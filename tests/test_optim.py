@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from utils.optim import (
+from utils.train.optim import (
     accumulate_steps,
     build_optimizer,
     lr_lambda,

@@ -3,8 +3,8 @@ import torch
 
 import val
 from utils.checkpoints import load_model
-from utils.options import UsageError
-from utils.prune import conv_sparsity, dense_from_sparse, global_l1_prune, make_permanent, sparse_state_dict
+from utils.errors import UsageError
+from utils.inference.prune import conv_sparsity, dense_from_sparse, global_l1_prune, make_permanent, sparse_state_dict
 
 
 def test_global_prune_is_exact_and_uneven(yolov5n_pt, capsys):

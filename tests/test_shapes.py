@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import yaml
 
-from utils import shapes
-from utils.shapes import CLASSES, ensure_shapes_dataset, generate_shapes_dataset, render_image, shape_polygon
+from utils.data import shapes
+from utils.data.shapes import CLASSES, ensure_shapes_dataset, generate_shapes_dataset, render_image, shape_polygon
 
 TINY = {"n_train": 6, "n_val": 2}
 LINE = re.compile(r"^[0-4]( \d\.\d{6}){4}$")

@@ -1,4 +1,4 @@
-"""Tests for utils/sources.py: LoadImages over files/folders/globs/lists/videos, LoadStreams, classify_source."""
+"""Tests for utils/data/sources.py: LoadImages over files/folders/globs/lists/videos, LoadStreams, classify_source."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.sources import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams, SourceError, classify_source
+from utils.data.sources import IMG_FORMATS, VID_FORMATS, LoadImages, LoadStreams, SourceError, classify_source
 
 N_FRAMES = 10
 
@@ -153,7 +153,7 @@ def test_corrupt_image_raises_or_is_skipped(media, caplog):
     with pytest.raises(SourceError, match="corrupt image .*empty.png: empty file"):
         list(LoadImages(empty))
 
-    with caplog.at_level(logging.WARNING, logger="utils.sources"):
+    with caplog.at_level(logging.WARNING, logger="utils.data.sources"):
         items = list(LoadImages(media["folder"], skip_corrupt=True))
     assert [Path(it[0]).name for it in items[:2]] == ["a.png", "b.jpg"]  # ab.jpg sorts between them
     assert len(items) == 2 + N_FRAMES

@@ -82,7 +82,7 @@ def test_ensemble_name():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    from utils.shapes import generate_shapes_dataset
+    from utils.data.shapes import generate_shapes_dataset
 
     root = generate_shapes_dataset(tmp_path_factory.mktemp("data") / "shapes", n_train=2, n_val=2, imgsz=64)
     file = root / "data.yaml"

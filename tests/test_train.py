@@ -15,10 +15,10 @@ import yaml
 
 import train
 from utils.checkpoints import load_model, read_checkpoint
-from utils.hyps import HYP_KEYS, load_hyp
+from utils.data.shapes import CLASSES, generate_shapes_dataset
+from utils.inference.prune import conv_sparsity
 from utils.plots import read_csv_columns
-from utils.prune import conv_sparsity
-from utils.shapes import CLASSES, generate_shapes_dataset
+from utils.train.hyps import HYP_KEYS, load_hyp
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(imgsz=64, batch_size=4, workers=0, device="cpu", noautoanchor=True, noplots=True, exist_ok=True)
@@ -126,7 +126,7 @@ def test_resume_after_interrupt_finishes_the_same_epochs(tiny, tmp_path, capsys)
     lrs = np.stack([cols["x/lr0"], cols["x/lr1"], cols["x/lr2"]], 1)
     assert lrs == pytest.approx(lrs_expected(3, nb=2), rel=1e-4)  # the schedule continues where it stopped
     assert read_checkpoint(last)["epoch"] == -1
-    from utils.options import UsageError
+    from utils.errors import UsageError
 
     with pytest.raises(UsageError, match="finished, nothing to resume"):
         train.run(resume=str(last))
@@ -175,7 +175,7 @@ def test_bad_files_warn_once_each_and_training_goes_on(tmp_path, capsys):
 def test_evolve_two_generations(tiny, tmp_path):
     save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, evolve=2, project=tmp_path,
                          name="evo", **{**TINY, "batch_size": -1})  # fmt: skip
-    from utils.evolve import read_evolve_csv
+    from utils.train.evolve import read_evolve_csv
 
     assert yaml.safe_load((save_dir / "opt.yaml").read_text())["batch_size"] == 16  # AutoBatch's CPU size, kept
     again = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, evolve=1, project=tmp_path,

@@ -6,9 +6,10 @@ import torch
 
 import train
 from models.yolo import DetectionModel
-from utils.options import REPO_ROOT, UsageError
+from utils.errors import UsageError
+from utils.files import REPO_ROOT
 from utils.plots import read_csv_columns
-from utils.train_setup import (
+from utils.train.setup import (
     RESULT_KEYS,
     build_model,
     check_img_size,

@@ -2,11 +2,11 @@ import cv2
 import pytest
 import torch
 
-from utils.augment import letterbox
 from utils.checkpoints import load_model
+from utils.data.augment import letterbox
+from utils.errors import UsageError
+from utils.inference.tta import TTA, scale_image
 from utils.nms import non_max_suppression
-from utils.options import UsageError
-from utils.tta import TTA, scale_image
 
 
 def _image(coco128):

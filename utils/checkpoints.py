@@ -26,12 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.errors import UserError
+
 FORMAT = "yolo-toolkit/1"
 RELEASE_URL = "https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}"
 OFFICIAL_NAMES = {f"yolov5{s}{p}.pt" for s in "nsmlx" for p in ("", "6")}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read; the message is one line naming the file."""
 
 
@@ -193,7 +195,7 @@ def read_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(f"{path}: cannot read checkpoint ({type(e2).__name__}: {reason[:200]})") from None
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         if ckpt.get("sparse_state_dict"):  # pruned export: bitmask + non-zero values
-            from utils.prune import dense_from_sparse
+            from utils.inference.prune import dense_from_sparse
 
             ckpt["state_dict"] = {**ckpt["state_dict"], **dense_from_sparse(ckpt.pop("sparse_state_dict"))}
         return ckpt
@@ -282,7 +284,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", fuse: bool 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU copy of ``model``'s state (DDP unwrapped, NCHW) with pruning masks applied (``weight = weight_orig *
     weight_mask``), so the keys are the plain model's whether or not it was pruned."""
-    from utils.dist import unwrap
+    from utils.train.dist import unwrap
 
     sd = unwrap(model).state_dict()
     out = {}

@@ -7,8 +7,10 @@ import time
 
 import torch
 
+from utils.errors import UserError
 
-class DeviceError(ValueError):
+
+class DeviceError(UserError):
     """An impossible ``--device`` request; the message is one line."""
 
 

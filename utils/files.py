@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout: data/, models/, runs/ are found from here
+
 
 def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = False) -> Path:
     """``runs/val/exp`` -> the first free of ``exp``, ``exp2``, ``exp3``... (unchanged with ``exist_ok``)."""

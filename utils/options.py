@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from utils.errors import UsageError, UserError
+from utils.files import REPO_ROOT
 
-OPTIMIZERS = ("SGD", "Adam", "AdamW")  # train.py --optimizer, benchmarks.py --study (built in utils/optim.py)
+__all__ = ["REPO_ROOT", "UsageError", "UserError"]  # re-exported: scripts and tests import them from here
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW")  # train.py --optimizer, benchmarks.py --study (built in utils/train/optim.py)
 
 
 def check_img_size(imgsz: int, stride: int, min_strides: int = 1) -> int:
@@ -106,32 +108,11 @@ def print_args(script: str, args: dict) -> None:
     print(f"{script}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message is a complete one-line explanation for the user (no traceback)."""
-    from models.ensemble import EnsembleError
-    from utils.checkpoints import CheckpointError
-    from utils.dataset_config import DatasetError
-    from utils.devices import DeviceError
-
-    errors: list[type[Exception]] = [CheckpointError, DatasetError, DeviceError, EnsembleError, FileNotFoundError]
-    try:
-        from utils.sources import SourceError
-
-        errors.append(SourceError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-class UsageError(ValueError):
-    """A flag combination that cannot work; the message names the flag."""
-
-
 def run_cli(script: str, main: Callable[[], object]) -> None:
     """Run ``main``; user errors print one ``script: error: ...`` line and exit 2 instead of a traceback."""
     try:
         main()
-    except (*user_errors(), UsageError) as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from utils.dataset_config import img2label_path
+from utils.data.dataset_config import img2label_path
 
 CACHE_VERSION = 2
 WARN = "WARNING ⚠️"
@@ -203,7 +203,7 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
     c = cache["counts"]
     scan.n_found, scan.n_missing, scan.n_empty, scan.n_corrupt = c["found"], c["missing"], c["empty"], c["corrupt"]
     if not scan.im_files:
-        from utils.dataset_config import DatasetError
+        from utils.data.dataset_config import DatasetError
 
         raise DatasetError(f"{prefix}no usable images in {cache_file.with_suffix('')} ({c['corrupt']} corrupt)")
     if scan.n_found == 0:

@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from utils.files import append_csv_row
-from utils.hyps import load_hyp, mutate_hyp
 from utils.metrics import fitness
 from utils.plots import read_csv_columns
-from utils.train_setup import RESULT_KEYS
+from utils.train.hyps import load_hyp, mutate_hyp
+from utils.train.setup import RESULT_KEYS
 
 METRIC_KEYS = RESULT_KEYS[3:10]  # precision ... val/cls_loss: what train() returns
 PARENTS = 5  # parents are drawn from this many best rows

@@ -1,5 +1,5 @@
 """Training set-up and bookkeeping: option defaults and --resume, model construction with weight transfer, layer
-freezing, AutoAnchor, batch size, checkpoints and ``results.csv``. ``utils/trainer.py`` holds the loop itself.
+freezing, AutoAnchor, batch size, checkpoints and ``results.csv``. ``utils/train/trainer.py`` holds the loop itself.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import dist, options
+from utils import options
 from utils.checkpoints import (
     CheckpointError,
     attempt_download,
@@ -23,9 +23,10 @@ from utils.checkpoints import (
     read_checkpoint,
     save_atomic,
 )
-from utils.files import append_csv_row
-from utils.optim import NOMINAL_BATCH
-from utils.options import REPO_ROOT, UsageError
+from utils.errors import UsageError
+from utils.files import REPO_ROOT, append_csv_row
+from utils.train import dist
+from utils.train.optim import NOMINAL_BATCH
 
 RESULT_KEYS = (
     "train/box_loss", "train/obj_loss", "train/cls_loss",
@@ -184,14 +185,14 @@ def check_img_size(imgsz: int, gs: int) -> int:
 
 def resolve_batch_size(batch_size: int, model: nn.Module, imgsz: int, device: torch.device, amp: bool) -> int:
     """``batch_size``, or for -1 AutoBatch's estimate (on a device without CUDA: a clear message and 16)."""
-    from utils.autobatch import autobatch
+    from utils.train.autobatch import autobatch
 
     return batch_size if batch_size != -1 else autobatch(model, imgsz, device, amp=amp)
 
 
 def run_autoanchor(model: nn.Module, dataset, thr: float, imgsz: int) -> bool:
     """Check the head's anchors against the training labels; loads evolved anchors when they fit better."""
-    from utils.autoanchor import check_anchors, label_wh_at_imgsz
+    from utils.train.autoanchor import check_anchors, label_wh_at_imgsz
 
     det = model.detect
     strides = det.stride.view(-1, 1, 1).to(det.anchors)

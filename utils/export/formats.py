@@ -3,7 +3,7 @@
 Every exporter takes the fused eval-mode model (``Detect.export = True``: it returns decoded Tensor[B, N, 5 + nc],
 xywh input pixels), writes one file or folder carrying the metadata a runtime needs (class names, strides, image
 size, batch, task) and returns its path. ``export_formats`` runs the requested rows, checks each exported file
-against PyTorch through ``utils.backends`` and raises ``ExportError`` naming every format that failed and why.
+against PyTorch through ``utils.inference.backends`` and raises ``ExportError`` naming every format that failed and why.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import torch
 from torch import nn
 
 from utils.checkpoints import FORMAT, checkpoint_dict, save_atomic
+from utils.errors import UserError
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """An export that failed; the message names the format(s) and the reason."""
 
 
@@ -128,7 +129,7 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOpti
         proto = onnxslim.slim(proto)
     meta = export_metadata(model, opts, nms=opts.nms)
     if opts.nms:
-        from utils.onnx_nms import add_nms
+        from utils.export.onnx_nms import add_nms
 
         proto = add_nms(proto, opts.conf_thres, opts.iou_thres, opts.max_det)
         meta.update(conf_thres=opts.conf_thres, iou_thres=opts.iou_thres, max_det=opts.max_det)
@@ -169,7 +170,7 @@ def export_pt(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOption
     Prints the dense and the sparse file sizes.
     """
     from models.common import Conv
-    from utils.prune import conv_sparsity, sparse_state_dict
+    from utils.inference.prune import conv_sparsity, sparse_state_dict
 
     if not hasattr(model, "yaml"):
         raise ExportError("an Ensemble cannot be saved as one checkpoint; export each member separately")
@@ -338,7 +339,7 @@ def load_export_model(
     from models.ensemble import Ensemble
     from models.yolo import Detect
     from utils.checkpoints import load_model
-    from utils.prune import global_l1_prune, make_permanent
+    from utils.inference.prune import global_l1_prune, make_permanent
 
     paths = [weights] if isinstance(weights, (str, Path)) else list(weights)
     if len(paths) > 1 and ensemble_mode == "wbf":
@@ -361,7 +362,7 @@ def check_export(row: ExportFormat, file: Path, model: nn.Module, opts: ExportOp
 
     Raises ``ExportError`` beyond a tolerance of 1e-3 (fp32) or 5e-3 (fp16 values) times (1 + max |output|).
     """
-    from utils.backends import load_backend
+    from utils.inference.backends import load_backend
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand((opts.batch_size, 3, *opts.imgsz), generator=gen).to(device)

@@ -1,6 +1,6 @@
 """Build the model that ``val.py`` and ``detect.py`` run: weights -> (Ensemble) -> prune -> TTA -> precision.
 
-Weights may be any format of ``utils.backends`` (``.pt``, ``.torchscript``, ``.onnx``, ``*_openvino_model/``),
+Weights may be any format of ``utils.inference.backends`` (``.pt``, ``.torchscript``, ``.onnx``, ``*_openvino_model/``),
 mixed freely inside an ensemble. PyTorch members can be pruned and run in fp16; exported members run as exported.
 """
 
@@ -13,8 +13,8 @@ from torch import nn
 
 from models.ensemble import Ensemble, members_summary
 from models.yolo import model_summary
-from utils.backends import Backend, PyTorchBackend, load_backend
-from utils.options import UsageError
+from utils.errors import UsageError
+from utils.inference.backends import Backend, PyTorchBackend, load_backend
 
 
 class InferenceModel(nn.Module):
@@ -129,7 +129,7 @@ def load_inference_model(
         )
     torch_models = [m.model for m in members if isinstance(m, PyTorchBackend)]
     if prune:
-        from utils.prune import global_l1_prune
+        from utils.inference.prune import global_l1_prune
 
         for m in torch_models:
             global_l1_prune(m, prune, prune_exclude, verbose=verbose)
@@ -149,7 +149,7 @@ def load_inference_model(
         for m in torch_models:
             m.half()
     if augment:
-        from utils.tta import TTA
+        from utils.inference.tta import TTA
 
         levels = {m.nl for m in members}
         net = TTA(net, tta_scales, tta_flips, stride, nl=levels.pop() if len(levels) == 1 else None)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from utils.options import UsageError
+from utils.errors import UsageError
 
 DEFAULT_SCALES = (1.0, 0.83, 0.67)
 DEFAULT_FLIPS = ("none", "lr", "none")

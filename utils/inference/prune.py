@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from utils.options import UsageError
+from utils.errors import UsageError
 
 
 def prunable_convs(model: nn.Module, exclude: list[str] | None = None) -> list[tuple[str, nn.Conv2d]]:

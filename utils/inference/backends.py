@@ -3,7 +3,7 @@
 Each backend is an ``nn.Module`` called on float 0-1 Tensor[B, 3, H, W] that returns decoded candidates
 Tensor[B, N, 5 + nc] (xywh in network-input pixels, objectness, class probabilities) in fp32 on the input's
 device, so ``non_max_suppression``, ``Ensemble`` and ``TTA`` treat all formats alike. An exported file is
-self-describing: class names, strides, image size and batch come from its metadata (written by ``utils.export``).
+self-describing: class names, strides, image size and batch come from its metadata (written by ``utils.export.formats``).
 
 Fixed-shape exports (``supports_rect = False``) need exactly the input size they were exported at; a static
 batch export runs any batch size by splitting it into chunks of the exported batch (the last chunk padded).

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, distributed
 
-from utils.augment import letterbox, resize_long_side
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.dataset_config import list_image_files
-from utils.labels import WARN, folder_writable, scan_labels
+from utils.data.augment import letterbox, resize_long_side
+from utils.data.dataset_config import list_image_files
+from utils.data.labels import WARN, folder_writable, scan_labels
 
 
 def rect_batch_shapes(shapes_wh: np.ndarray, batch_size: int, img_size: int, stride: int, pad: float) -> np.ndarray:
@@ -126,7 +126,7 @@ class YoloDataset(Dataset):
         hyp = self.hyp
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item())) if self.augment else None
         if self.mosaic and rng.random() < hyp.get("mosaic", 0.0):
-            from utils.augment import load_mosaic, mixup
+            from utils.data.augment import load_mosaic, mixup
 
             picks = [index, *rng.integers(0, len(self), 3).tolist()]
             im, labels = load_mosaic(picks, self.load_image, lambda i: self.labels[i], self.img_size, hyp, rng)
@@ -144,7 +144,7 @@ class YoloDataset(Dataset):
             if labels.size:
                 labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, padw=pad[0], padh=pad[1])
             if self.augment:
-                from utils.augment import random_perspective
+                from utils.data.augment import random_perspective
 
                 im, labels = random_perspective(
                     im,
@@ -160,7 +160,7 @@ class YoloDataset(Dataset):
         if nl:
             labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=im.shape[1], h=im.shape[0], clip=True, eps=1e-3)
         if self.augment:
-            from utils.augment import augment_hsv, random_flip
+            from utils.data.augment import augment_hsv, random_flip
 
             augment_hsv(im, hyp.get("hsv_h", 0), hyp.get("hsv_s", 0), hyp.get("hsv_v", 0), rng)
             im, labels = random_flip(im, labels, hyp.get("fliplr", 0), hyp.get("flipud", 0), rng)

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from utils.dist import unwrap
+from utils.train.dist import unwrap
 
 MASK_SUFFIX = "_mask"  # torch.nn.utils.prune buffers: copied, never averaged, so pruned weights stay exactly zero
 

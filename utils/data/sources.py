@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import cv2
 import numpy as np
 
-from utils.augment import letterbox
+from utils.data.augment import letterbox
+from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """An input source that cannot be used; the message is one line naming the source and the problem."""
 
 

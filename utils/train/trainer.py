@@ -1,7 +1,7 @@
 """The training engine behind ``train.py``: model setup, the epoch loop, per-epoch validation and checkpoints.
 
 ``train(hyp, opt, device)`` runs one training job described by ``opt`` (the parsed ``train.py`` options, already
-resolved by ``utils.train_setup.resolve_options``) and returns the final validation figures. Validation calls
+resolved by ``utils.train.setup.resolve_options``) and returns the final validation figures. Validation calls
 ``utils.evaluate.evaluate``, the function ``val.py`` runs, on the EMA weights.
 """
 
@@ -20,15 +20,15 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from utils import dist
 from utils.checkpoints import save_atomic
-from utils.dataset_config import load_data_config
-from utils.datasets import create_dataloader, label_stats, make_loader
-from utils.ema import ModelEMA
+from utils.data.dataset_config import load_data_config
+from utils.data.datasets import create_dataloader, label_stats, make_loader
 from utils.evaluate import EvalOptions, evaluate
-from utils.loss import YoloLoss, scale_loss_gains
 from utils.metrics import fitness
-from utils.optim import (
+from utils.train import dist
+from utils.train.ema import ModelEMA
+from utils.train.loss import YoloLoss, scale_loss_gains
+from utils.train.optim import (
     accumulate_steps,
     build_optimizer,
     lr_lambda,
@@ -36,7 +36,7 @@ from utils.optim import (
     warmup,
     warmup_iterations,
 )
-from utils.train_setup import (
+from utils.train.setup import (
     build_model,
     check_img_size,
     epoch_checkpoint,
@@ -122,7 +122,7 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
 
     model, ckpt = build_model(opt.weights, opt.cfg, nc, resume)
     if opt.prune:
-        from utils.prune import global_l1_prune
+        from utils.inference.prune import global_l1_prune
 
         global_l1_prune(model, opt.prune)
     channels_last = device.type == "cpu"  # oneDNN's NHWC convolutions are faster on the CPU

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from utils.errors import UserError
+from utils.files import REPO_ROOT
+
 DATA_DIR = REPO_ROOT / "data"
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be used; the message is one line naming the file or path."""
 
 
@@ -88,7 +90,7 @@ def load_data_config(data: str | Path | dict, require: tuple[str, ...] = ("val",
 def _ensure_synthetic(kind: str, root: Path) -> None:
     if kind != "shapes":
         raise DatasetError(f"unknown synthetic dataset {kind!r} (known: shapes)")
-    from utils.shapes import ensure_shapes_dataset
+    from utils.data.shapes import ensure_shapes_dataset
 
     ensure_shapes_dataset(root)
 
