@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,6 +60,20 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0, ve
             f"torch-{torch.__version__} {dev.type.upper()}{'' if dev.index is None else ':' + str(dev.index)} ({desc})"
         )
     return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16 in /proc/cpuinfo's flags).
+
+    Only there does bf16 pay: oneDNN runs yolov5n's convolutions 2-3x faster than fp32; elsewhere bf16 is emulated
+    and slower than fp32. False where the flags cannot be read (non-Linux).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").split()
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags)) and torch.backends.mkldnn.is_available()
 
 
 def sync_time(device: torch.device | None = None) -> float:
