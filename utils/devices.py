@@ -97,3 +97,8 @@ class Profile:
     def __exit__(self, *exc) -> None:
         self.dt = sync_time(self.device) - self.start
         self.t += self.dt
+
+
+def print_speed(speed_ms: tuple[float, ...], shape: tuple[int, ...] | None) -> None:
+    """YOLOv5's ``Speed:`` line: milliseconds per image for pre-process, inference and NMS at input ``shape``."""
+    print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % tuple(speed_ms))
