@@ -8,7 +8,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,9 @@ import numpy as np
 from utils.boxes import scale_boxes_to_original, xyxy2xywh
 from utils.devices import Profile, select_device
 from utils.files import increment_path
+from utils.inference.detections import describe, speed_line
 from utils.inference.loader import load_inference_model
+from utils.log import LOGGER
 from utils.nms import non_max_suppression
 from utils.options import (
     REPO_ROOT,
@@ -68,14 +69,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="per-member ensemble timings, per-layer prune table")
     p.set_defaults(max_det=1000)
     return p.parse_args(argv)
-
-
-def describe(det: torch.Tensor, names: dict[int, str]) -> str:
-    """``2 persons, 1 tie`` for a Tensor[n, 6] of detections (``(no detections)`` when empty)."""
-    if not len(det):
-        return "(no detections)"
-    classes, counts = det[:, 5].unique(return_counts=True)
-    return ", ".join(f"{n} {names[int(c)]}{'s' * (n > 1)}" for c, n in zip(classes.tolist(), counts.tolist()))
 
 
 class _VideoSink:
@@ -154,7 +147,6 @@ def run(
 
     from utils.plots import Annotator, colors, save_one_box
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = select_device(device)
     model = load_inference_model(
         weights,
@@ -200,7 +192,7 @@ def run(
             det = det.detach().cpu().float()
             scale_boxes_to_original(x.shape[2:], det[:, :4], im0.shape[:2])
             line += f"{x.shape[2]}x{x.shape[3]} {describe(det, names)}, {dt[1].dt * 1e3:.1f}ms"
-            print(line)
+            LOGGER.info(line)
             stem = p.stem if (cap is None and not is_stream) else f"{p.stem}_{frame}"
             if save_txt and len(det):  # like YOLOv5: no file for an image without detections
                 _save_txt(det, im0.shape, save_dir / "labels" / f"{stem}.txt", save_conf)
@@ -224,14 +216,13 @@ def run(
     for sink in sinks.values():
         sink.close()
     if seen:
-        t = tuple(x.t / seen * 1e3 for x in dt)
-        print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % t)
+        LOGGER.info(speed_line(tuple(x.t / seen * 1e3 for x in dt), shape))
     if model.member_times is not None and verbose:
         model.print_member_times(seen)
     if save_txt:
         n = len(list((save_dir / "labels").glob("*.txt")))
-        print(f"{n} labels saved to {save_dir / 'labels'}")
-    print(f"Results saved to {save_dir}")
+        LOGGER.info(f"{n} labels saved to {save_dir / 'labels'}")
+    LOGGER.info(f"Results saved to {save_dir}")
     return save_dir
 
 

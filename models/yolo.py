@@ -14,6 +14,7 @@ from torch import nn
 
 from models.backbones import Take, TorchvisionBackbone
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
+from utils.log import LOGGER
 
 CFG_DIR = Path(__file__).resolve().parent
 
@@ -248,7 +249,7 @@ class DetectionModel(nn.Module):
     def fuse(self, verbose: bool = True) -> DetectionModel:
         """Fold every BatchNorm into its conv for faster inference."""
         if verbose:
-            print("Fusing layers... ")
+            LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if isinstance(m, (Conv, TorchvisionBackbone)):
                 m.fuse()
@@ -256,7 +257,7 @@ class DetectionModel(nn.Module):
 
     def info(self, imgsz: int = 640) -> str:
         line = model_summary(self, imgsz)
-        print(line)
+        LOGGER.info(line)
         return line
 
 

@@ -8,6 +8,7 @@ import time
 import torch
 
 from utils.errors import UserError
+from utils.log import LOGGER
 
 
 class DeviceError(UserError):
@@ -54,7 +55,7 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0, ve
         dev = torch.device(f"cuda:{ids[max(local_rank, 0)]}")
     if verbose:
         desc = "CPU" if dev.type == "cpu" else (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "MPS")
-        print(
+        LOGGER.info(
             f"torch-{torch.__version__} {dev.type.upper()}{'' if dev.index is None else ':' + str(dev.index)} ({desc})"
         )
     return dev

@@ -6,6 +6,7 @@ mixed freely inside an ensemble. PyTorch members can be pruned and run in fp16; 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from models.ensemble import Ensemble, members_summary
 from models.yolo import model_summary
 from utils.errors import UsageError
 from utils.inference.backends import Backend, PyTorchBackend, load_backend
+from utils.log import LOGGER
 
 
 class InferenceModel(nn.Module):
@@ -57,14 +59,14 @@ class InferenceModel(nn.Module):
     def print_member_times(self, seen: int) -> None:
         times = [t / max(seen, 1) * 1e3 for t in self.member_times]
         parts = ", ".join(f"{Path(p).name} {t:.1f}ms" for p, t in zip(self.weight_paths, times))
-        print(f"Ensemble inference per image: {parts}; total {sum(times):.1f}ms")
+        LOGGER.info(f"Ensemble inference per image: {parts}; total {sum(times):.1f}ms")
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
 
 
 def _warn_half_on_cpu(device: torch.device) -> None:
-    print(f"WARNING ⚠️ --half: fp16 inference is CUDA-only; running fp32 on {device.type.upper()}")
+    LOGGER.warning(f"WARNING ⚠️ --half: fp16 inference is CUDA-only; running fp32 on {device.type.upper()}")
 
 
 def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[int, int] | None:
@@ -112,12 +114,13 @@ def load_inference_model(
         _warn_half_on_cpu(device)
         half = False
     if any(p.lower().endswith(".pt") for p in paths):
-        print("Fusing layers... ") if fuse else None
+        if fuse:
+            LOGGER.info("Fusing layers... ")
     members: list[Backend] = []
     for p in paths:
         m = load_backend(p, device, fuse=fuse)
-        if isinstance(m, PyTorchBackend):
-            print(model_summary(m.model, imgsz))
+        if isinstance(m, PyTorchBackend) and LOGGER.isEnabledFor(logging.INFO):  # thop's count costs ~0.5 s
+            LOGGER.info(model_summary(m.model, imgsz))
         elif prune:
             raise UsageError(f"--prune: {p} is an exported model; prune at export (export.py --prune) instead")
         members.append(m)
@@ -136,10 +139,10 @@ def load_inference_model(
     ensemble = None
     if len(members) > 1:
         ensemble = Ensemble(members, ensemble_mode, paths)
-        if len(torch_models) == len(members):
-            print(members_summary(torch_models, paths, imgsz))
+        if len(torch_models) == len(members) and LOGGER.isEnabledFor(logging.INFO):
+            LOGGER.info(members_summary(torch_models, paths, imgsz))
         else:
-            print(f"Ensemble created with {paths} ({', '.join(m.format_name for m in members)})")
+            LOGGER.info(f"Ensemble created with {paths} ({', '.join(m.format_name for m in members)})")
         net: nn.Module = ensemble
         stride = int(ensemble.stride.max())
     else:
