@@ -65,8 +65,10 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                grid, anchor_grid = self._grids(i, nx, ny, x[i])
-                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                # bf16 (CPU autocast) keeps 8 mantissa bits: decoded 640-px boxes would move by up to 4 px
+                p = x[i].float() if x[i].dtype == torch.bfloat16 else x[i]
+                grid, anchor_grid = self._grids(i, nx, ny, p)
+                xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + grid) * self.stride[i]
                 wh = (wh * 2) ** 2 * anchor_grid
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, -1, self.no))

@@ -131,10 +131,13 @@ class PyTorchBackend(Backend):
         self.path, self.device, self.model = str(path), device, model
         self.names, self.stride, self.nl = model.names, model.stride, model.detect.nl
         self.imgsz, self.batch, self.dynamic, self.supports_rect = (640, 640), None, True, True
+        self.autocast_dtype: torch.dtype | None = None  # torch.bfloat16: CPU --half (fp32 weights, bf16 compute)
 
     def forward(self, im: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        y = self.model(im.to(dtype).contiguous(memory_format=torch.channels_last))
+        x = im.to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(im.device.type, self.autocast_dtype or torch.float32, enabled=bool(self.autocast_dtype)):
+            y = self.model(x)
         return y[0] if isinstance(y, (tuple, list)) else y
 
 

@@ -13,23 +13,12 @@ import numpy as np
 import torch
 
 from utils.boxes import xyxy2xywh
+from utils.devices import speed_line
 from utils.files import increment_path
+from utils.inference.predict import describe
 
 XYXY_COLUMNS = ("xmin", "ymin", "xmax", "ymax", "confidence", "class", "name")
 XYWH_COLUMNS = ("xcenter", "ycenter", "width", "height", "confidence", "class", "name")
-
-
-def describe(det: torch.Tensor, names: dict[int, str]) -> str:
-    """``2 persons, 1 tie`` for a Tensor[n, 6] of detections (``(no detections)`` when empty)."""
-    if not len(det):
-        return "(no detections)"
-    classes, counts = det[:, 5].unique(return_counts=True)
-    return ", ".join(f"{n} {names[int(c)]}{'s' * (n > 1)}" for c, n in zip(classes.tolist(), counts.tolist()))
-
-
-def speed_line(times_ms: tuple[float, float, float], shape: tuple[int, ...] | None) -> str:
-    """``Speed: 1.2ms pre-process, 45.6ms inference, 0.7ms NMS per image at shape (1, 3, 640, 480)``."""
-    return "Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape %s" % (*times_ms, shape)
 
 
 class Detections:

@@ -14,6 +14,7 @@ from torch import nn
 
 from models.ensemble import Ensemble, members_summary
 from models.yolo import model_summary
+from utils.devices import cpu_has_native_bf16
 from utils.errors import UsageError
 from utils.inference.backends import Backend, PyTorchBackend, load_backend
 from utils.log import LOGGER
@@ -29,7 +30,8 @@ class InferenceModel(nn.Module):
         names: class names by index. max_stride: the largest stride (input sizes must be multiples).
         supports_rect: whether inputs may be non-square (rectangular batches); False when a member has a fixed
             input shape, which then is ``fixed_imgsz`` (height, width), else None.
-        half_precision: fp16 inputs expected. member_times: per-member seconds for ensembles, else None.
+        half_precision: fp16 inputs expected (CUDA ``--half``; CPU bf16 autocast takes fp32 inputs).
+        member_times: per-member seconds for ensembles, else None.
     """
 
     def __init__(
@@ -65,8 +67,14 @@ class InferenceModel(nn.Module):
         return self.net(x)
 
 
-def _warn_half_on_cpu(device: torch.device) -> None:
-    LOGGER.warning(f"WARNING ⚠️ --half: fp16 inference is CUDA-only; running fp32 on {device.type.upper()}")
+def _cpu_half_dtype(device: torch.device) -> torch.dtype | None:
+    """``--half`` off CUDA: bf16 autocast on a CPU with native bf16 (one line says so), else a warning and fp32."""
+    if device.type == "cpu" and cpu_has_native_bf16():
+        LOGGER.info("--half: this CPU has native bf16 (AMX/AVX512-BF16); PyTorch models run in bf16 autocast")
+        return torch.bfloat16
+    why = "this CPU has no native bf16 (AMX/AVX512-BF16)" if device.type == "cpu" else "fp16 inference is CUDA-only"
+    LOGGER.warning(f"WARNING ⚠️ --half: {why}; running fp32 on {device.type.upper()}")
+    return None
 
 
 def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[int, int] | None:
@@ -110,9 +118,10 @@ def load_inference_model(
     paths = [str(p) for p in ([weights] if isinstance(weights, (str, Path)) else list(weights))]
     if not paths:
         raise FileNotFoundError("--weights: no weights given")
+    cpu_dtype = None
     if half and device.type != "cuda":
-        _warn_half_on_cpu(device)
-        half = False
+        cpu_dtype = _cpu_half_dtype(device)
+        half = False  # inputs stay fp32: autocast casts them at each convolution
     if any(p.lower().endswith(".pt") for p in paths):
         if fuse:
             LOGGER.info("Fusing layers... ")
@@ -151,6 +160,9 @@ def load_inference_model(
     if half:
         for m in torch_models:
             m.half()
+    for m in members:
+        if isinstance(m, PyTorchBackend):
+            m.autocast_dtype = cpu_dtype
     if augment:
         from utils.inference.tta import TTA
 
