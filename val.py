@@ -15,8 +15,8 @@ from pathlib import Path
 from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader
 from utils.devices import select_device
-from utils.evaluate import EvalOptions, coco_evaluate, evaluate, ground_truth_coco_json
-from utils.files import increment_path
+from utils.evaluate import EvalOptions, coco_evaluate, coco_image_id, evaluate, ground_truth_coco_json
+from utils.files import increment_path, print_labels_saved
 from utils.inference.loader import load_inference_model
 from utils.options import (
     UsageError,
@@ -165,19 +165,13 @@ def run(
         print(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
         if not is_coco:
             anno_json = ground_truth_coco_json(dataset, names_eval, save_dir / "ground_truth.json")
-        image_ids = sorted({r["image_id"] for r in jdict} | {_id(f) for f in dataset.im_files})
+        image_ids = sorted({r["image_id"] for r in jdict} | {coco_image_id(f) for f in dataset.im_files})
         result.coco_stats = coco_evaluate(pred_json, anno_json, image_ids)
         result.map, result.map50 = result.coco_stats[:2]
     if save_txt:
-        n = len(list((save_dir / "labels").glob("*.txt")))
-        print(f"{n} labels saved to {save_dir / 'labels'}")
+        print_labels_saved(save_dir / "labels")
     print(f"Results saved to {save_dir}")
     return result, result.maps, save_dir
-
-
-def _id(path: str):
-    stem = Path(path).stem
-    return int(stem) if stem.isnumeric() else stem
 
 
 def main(opt: argparse.Namespace) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from models.backbones import Take, TorchvisionBackbone
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
+from utils.log import LOGGER
 
 CFG_DIR = Path(__file__).resolve().parent
 
@@ -63,8 +64,10 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                grid, anchor_grid = self._grids(i, nx, ny, x[i])
-                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                # bf16 (CPU autocast) keeps 8 mantissa bits: decoded 640-px boxes would move by up to 4 px
+                p = x[i].float() if x[i].dtype == torch.bfloat16 else x[i]
+                grid, anchor_grid = self._grids(i, nx, ny, p)
+                xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + grid) * self.stride[i]
                 wh = (wh * 2) ** 2 * anchor_grid
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, -1, self.no))
@@ -252,7 +255,7 @@ class DetectionModel(nn.Module):
     def fuse(self, verbose: bool = True) -> DetectionModel:
         """Fold every BatchNorm into its conv for faster inference."""
         if verbose:
-            print("Fusing layers... ")
+            LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if isinstance(m, (Conv, TorchvisionBackbone)):
                 m.fuse()
@@ -260,7 +263,7 @@ class DetectionModel(nn.Module):
 
     def info(self, imgsz: int = 640) -> str:
         line = model_summary(self, imgsz)
-        print(line)
+        LOGGER.info(line)
         return line
 
 

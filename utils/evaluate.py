@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from utils.boxes import scale_boxes_to_original, xywh2xyxy, xyxy2xywh
-from utils.devices import Profile
+from utils.data.labels import write_yolo_labels
+from utils.devices import Profile, print_speed
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
 
@@ -147,7 +148,8 @@ def _targets_for(targets: torch.Tensor, si: int, width: int, height: int, device
     return t
 
 
-def _image_id(path: str) -> int | str:
+def coco_image_id(path: str) -> int | str:
+    """COCO image id of an image file: its stem, as an int when numeric (``000000000139.jpg`` -> 139)."""
     stem = Path(path).stem
     return int(stem) if stem.isnumeric() else stem
 
@@ -237,7 +239,7 @@ def evaluate(
                     confusion.process_batch(predn, labelsn)
             stats.append((correct, pred[:, 4], pred[:, 5], labels[:, 0]))
             if opts.save_txt and save_dir is not None:
-                _save_txt(predn, opts.save_conf, shape0, save_dir / "labels" / f"{Path(path).stem}.txt")
+                write_yolo_labels(predn, shape0, save_dir / "labels" / f"{Path(path).stem}.txt", opts.save_conf)
             if opts.save_json:
                 jdict.extend(_json_records(predn, path, opts.coco_ids))
         if batch_i < plot_batches:
@@ -270,7 +272,7 @@ def evaluate(
             print(ROW % (names[int(c)], seen, nt[int(c)], *ap.class_result(i)))
     result.speed_ms = tuple(x.t / max(seen, 1) * 1e3 for x in dt)
     if compute_loss is None:
-        print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % result.speed_ms)
+        print_speed(result.speed_ms, shape)
     if opts.plots and save_dir is not None:
         from utils.plots import plot_confusion_matrix, plot_mc_curve, plot_pr_curve
 
@@ -300,17 +302,8 @@ def _preds_to_targets(preds: list[torch.Tensor], width: int, height: int) -> tor
     return torch.cat(rows, 0) if rows else torch.zeros((0, 7))
 
 
-def _save_txt(predn: torch.Tensor, save_conf: bool, shape0: tuple[int, int], file: Path) -> None:
-    gn = torch.tensor(shape0, device=predn.device)[[1, 0, 1, 0]]
-    with open(file, "a", encoding="utf-8") as f:
-        for *xyxy, conf, cls in predn.tolist():
-            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn.cpu()).view(-1).tolist()
-            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-            f.write(("%g " * len(line)).rstrip() % line + "\n")
-
-
 def _json_records(predn: torch.Tensor, path: str, coco_ids: bool) -> list[dict]:
-    image_id = _image_id(path)
+    image_id = coco_image_id(path)
     box = xyxy2xywh(predn[:, :4].clone())
     box[:, :2] -= box[:, 2:] / 2  # centre -> top-left corner
     return [
@@ -328,7 +321,7 @@ def ground_truth_coco_json(dataset, names: dict[int, str], file: Path) -> Path:
     """COCO-format ground truth built from a dataset's YOLO labels (original-image pixels)."""
     images, annotations = [], []
     for f, lb, (w, h) in zip(dataset.im_files, dataset.labels, dataset.shapes):
-        image_id = _image_id(f)
+        image_id = coco_image_id(f)
         images.append({"id": image_id, "file_name": Path(f).name, "width": int(w), "height": int(h)})
         for cls, x, y, bw, bh in lb.tolist():
             box = [(x - bw / 2) * w, (y - bh / 2) * h, bw * w, bh * h]

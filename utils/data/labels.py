@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from utils.boxes import xyxy2xywh
 from utils.data.dataset_config import img2label_path
 
 CACHE_VERSION = 2
@@ -209,3 +211,19 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
     if scan.n_found == 0:
         print(f"{prefix}{WARN} no labels found in {cache_file.with_suffix('')}: training needs labels")
     return scan
+
+
+def write_yolo_labels(det: torch.Tensor, shape0: tuple[int, ...], file: Path, save_conf: bool = False) -> None:
+    """Append detections to a YOLO label file, one ``cls x y w h [conf]`` line each (``%g``, xywhn).
+
+    Args:
+        det: Tensor[n, 6] (x1, y1, x2, y2, conf, cls) in original-image pixels.
+        shape0: the original image's shape (height, width, ...).
+    """
+    det = det.detach().float().cpu()
+    gn = torch.tensor((shape0[1], shape0[0], shape0[1], shape0[0]))
+    xywhn = xyxy2xywh(det[:, :4]) / gn
+    with open(file, "a", encoding="utf-8") as f:
+        for (cls,), xywh, (conf,) in zip(det[:, 5:6].tolist(), xywhn.tolist(), det[:, 4:5].tolist()):
+            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+            f.write(("%g " * len(line)).rstrip() % line + "\n")
