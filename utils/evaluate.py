@@ -340,6 +340,22 @@ def ground_truth_coco_json(dataset, names: dict[int, str], file: Path) -> Path:
     return file
 
 
+def coco_evaluate_predictions(
+    jdict: list[dict], pred_json: Path, anno_json: Path | None, dataset, names: dict[int, str]
+) -> list[float]:
+    """Save ``jdict`` (``evaluate``'s JSON predictions) to ``pred_json`` and score it with pycocotools.
+
+    ``anno_json`` is COCO's own annotation file; None builds the ground truth from the dataset's YOLO labels
+    (``ground_truth.json`` beside ``pred_json``). Every image of the dataset counts, with or without predictions.
+    """
+    pred_json.write_text(json.dumps(jdict))
+    print(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
+    if anno_json is None:
+        anno_json = ground_truth_coco_json(dataset, names, pred_json.parent / "ground_truth.json")
+    image_ids = sorted({r["image_id"] for r in jdict} | {coco_image_id(f) for f in dataset.im_files})
+    return coco_evaluate(pred_json, anno_json, image_ids)
+
+
 def coco_evaluate(pred_json: Path, anno_json: Path, image_ids: list) -> list[float]:
     """pycocotools bbox evaluation; prints the 12 AP/AR lines and returns them."""
     from pycocotools.coco import COCO
