@@ -146,13 +146,14 @@ def run(
     """
     paths = [str(weights)] if isinstance(weights, (str, Path)) else [str(w) for w in weights]
     if study:
+        import train
         from utils.study import run_study
 
         recipe = {k: v for k, v in (("hyp", hyp), ("optimizer", optimizer), ("nbs", nbs)) if v is not None}
         return run_study(
             cfgs=cfgs, weights=paths, ensembles=ensembles, data=data, imgsz=imgsz, epochs=epochs,
             batch_size=batch_size or 16, device=device, project=project, name=name, exist_ok=exist_ok,
-            workers=workers, train_kwargs=recipe,
+            workers=workers, train_kwargs=recipe, train_fn=train.run, val_fn=validate.run,
         )  # fmt: skip
     batch_size = batch_size or 1
     paths = paths or ["yolov5s.pt"]
