@@ -18,6 +18,7 @@ from utils.devices import select_device
 from utils.evaluate import EvalOptions, coco_evaluate, coco_image_id, evaluate, ground_truth_coco_json
 from utils.files import increment_path, print_labels_saved
 from utils.inference.loader import load_inference_model
+from utils.log import LOGGER
 from utils.options import (
     UsageError,
     check_img_size,
@@ -162,7 +163,7 @@ def run(
         w = Path(model.weight_paths[0]).stem
         pred_json = save_dir / f"{w}_predictions.json"
         pred_json.write_text(json.dumps(jdict))
-        print(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
+        LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
         if not is_coco:
             anno_json = ground_truth_coco_json(dataset, names_eval, save_dir / "ground_truth.json")
         image_ids = sorted({r["image_id"] for r in jdict} | {coco_image_id(f) for f in dataset.im_files})
@@ -170,7 +171,7 @@ def run(
         result.map, result.map50 = result.coco_stats[:2]
     if save_txt:
         print_labels_saved(save_dir / "labels")
-    print(f"Results saved to {save_dir}")
+    LOGGER.info(f"Results saved to {save_dir}")
     return result, result.maps, save_dir
 
 

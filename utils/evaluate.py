@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from utils.boxes import scale_boxes_to_original, xywh2xyxy, xyxy2xywh
 from utils.data.labels import write_yolo_labels
 from utils.devices import Profile, print_speed
+from utils.log import LOGGER
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
 
@@ -189,7 +191,8 @@ def evaluate(
     plot_batches = 3 if (opts.plots and save_dir is not None) else 0
     if save_dir is not None and opts.save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}")
+    quiet = not LOGGER.isEnabledFor(logging.INFO)  # a silenced package logger hides the progress bar too
+    bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}", disable=quiet)
     for batch_i, (im, targets, paths, shapes) in enumerate(bar):
         with dt[0]:
             im = im.to(device, non_blocking=True)
@@ -264,12 +267,14 @@ def evaluate(
         result.mp, result.mr, result.map50, result.map = (float(v) for v in ap.mean_results())
         for i, c in enumerate(ap.classes):
             result.maps[int(c)] = ap.ap[i].mean()
-    print(ROW % ("all", seen, nt.sum(), result.mp, result.mr, result.map50, result.map))
+    LOGGER.info(ROW % ("all", seen, nt.sum(), result.mp, result.mr, result.map50, result.map))
     if nt.sum() == 0:
-        print(f"{prefix}WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels")
+        LOGGER.warning(
+            f"{prefix}WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels"
+        )
     if ap is not None and (opts.verbose or (nc < 50 and compute_loss is None)) and nc > 1:
         for i, c in enumerate(ap.classes):
-            print(ROW % (names[int(c)], seen, nt[int(c)], *ap.class_result(i)))
+            LOGGER.info(ROW % (names[int(c)], seen, nt[int(c)], *ap.class_result(i)))
     result.speed_ms = tuple(x.t / max(seen, 1) * 1e3 for x in dt)
     if compute_loss is None:
         print_speed(result.speed_ms, shape)
