@@ -46,11 +46,10 @@ class Detect(nn.Module):
         key = (i, nx, ny, like.device, like.dtype)
         cached = self._grid_cache.get(key)
         if cached is None:
-            yv, xv = torch.meshgrid(
-                torch.arange(ny, device=like.device, dtype=like.dtype),
-                torch.arange(nx, device=like.device, dtype=like.dtype),
-                indexing="ij",
-            )
+            # Cell indices from ones_like(...).cumsum rather than torch.arange: a traced arange records the trace's
+            # device as a constant (a TorchScript file would stay pinned to it), and ONNX Range has no float16.
+            # Counting in fp32 is exact to 2**24 cells; the result is cast to the input's dtype.
+            yv, xv = torch.meshgrid(_cell_index(like[0, 0, :, 0, 0]), _cell_index(like[0, 0, 0, :, 0]), indexing="ij")
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
             anchor_grid = (self.anchors[i] * self.stride[i]).to(like.dtype).view(1, self.na, 1, 1, 2)
             cached = grid, anchor_grid
@@ -79,6 +78,11 @@ class Detect(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._grid_cache = {}  # device/dtype moves invalidate cached grids
         return super()._apply(fn, *args, **kwargs)
+
+
+def _cell_index(v: torch.Tensor) -> torch.Tensor:
+    """0, 1, ..., len(v) - 1 with ``v``'s device and dtype, traced without device or size constants."""
+    return (torch.ones_like(v, dtype=torch.float32).cumsum(0) - 1).to(v.dtype)
 
 
 # The registry of layer types a model YAML may name. Anything else is an error that lists these.
