@@ -8,7 +8,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from utils.devices import print_speed, select_device
 from utils.files import increment_path, print_labels_saved
 from utils.inference.loader import InferenceOptions, load_inference_model
 from utils.inference.predict import PredictOptions, make_source, predict
+from utils.log import LOGGER
 from utils.options import (
     REPO_ROOT,
     add_shared,
@@ -94,7 +94,6 @@ def run(
     ``inference``: the other ``InferenceOptions`` keywords (``tta_scales, tta_flips, ensemble_mode, prune,
     prune_exclude``), as the flags of the same names.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = select_device(device)
     inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)
     model = load_inference_model(weights, device, inference)
@@ -112,7 +111,7 @@ def run(
         model.print_member_times(result.seen)
     if save_txt:
         print_labels_saved(save_dir / "labels")
-    print(f"Results saved to {save_dir}")
+    LOGGER.info(f"Results saved to {save_dir}")
     return save_dir
 
 

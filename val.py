@@ -17,6 +17,7 @@ from utils.devices import select_device
 from utils.evaluate import EvalOptions, coco_evaluate_predictions, evaluate
 from utils.files import increment_path, print_labels_saved
 from utils.inference.loader import InferenceOptions, load_inference_model
+from utils.log import LOGGER
 from utils.options import (
     UsageError,
     add_shared,
@@ -130,7 +131,7 @@ def run(
         result.map, result.map50 = result.coco_stats[:2]
     if save_txt:
         print_labels_saved(save_dir / "labels")
-    print(f"Results saved to {save_dir}")
+    LOGGER.info(f"Results saved to {save_dir}")
     return result, result.maps, save_dir
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from utils.boxes import scale_boxes_to_original, xywh2xyxy, xyxy2xywh
 from utils.data.labels import write_yolo_labels
 from utils.devices import Profile, print_speed
+from utils.log import LOGGER
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
 
@@ -183,7 +185,8 @@ def evaluate(
     plot_batches = 3 if (opts.plots and save_dir is not None) else 0
     if save_dir is not None and opts.save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}")
+    quiet = not LOGGER.isEnabledFor(logging.INFO)  # a silenced package logger hides the progress bar too
+    bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}", disable=quiet)
     for batch_i, (im, targets, paths, shapes) in enumerate(bar):
         with dt[0]:
             im = im.to(device, non_blocking=True)
@@ -274,12 +277,14 @@ def _summarize(result: EvalResult, stats: list[tuple], nc: int, names: dict, per
         result.mp, result.mr, result.map50, result.map = (float(v) for v in ap.mean_results())
         for i, c in enumerate(ap.classes):
             result.maps[int(c)] = ap.ap[i].mean()
-    print(ROW % ("all", result.seen, nt.sum(), result.mp, result.mr, result.map50, result.map))
+    LOGGER.info(ROW % ("all", result.seen, nt.sum(), result.mp, result.mr, result.map50, result.map))
     if nt.sum() == 0:
-        print(f"{prefix}WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels")
+        LOGGER.warning(
+            f"{prefix}WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels"
+        )
     if ap is not None and per_class and nc > 1:
         for i, c in enumerate(ap.classes):
-            print(ROW % (names[int(c)], result.seen, nt[int(c)], *ap.class_result(i)))
+            LOGGER.info(ROW % (names[int(c)], result.seen, nt[int(c)], *ap.class_result(i)))
     return ap
 
 
@@ -353,7 +358,7 @@ def coco_evaluate_predictions(
     (``ground_truth.json`` beside ``pred_json``). Every image of the dataset counts, with or without predictions.
     """
     pred_json.write_text(json.dumps(jdict))
-    print(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
+    LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
     if anno_json is None:
         anno_json = ground_truth_coco_json(dataset, names, pred_json.parent / "ground_truth.json")
     image_ids = sorted({r["image_id"] for r in jdict} | {coco_image_id(f) for f in dataset.im_files})

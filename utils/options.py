@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from utils.errors import UsageError, UserError
 from utils.files import REPO_ROOT
+from utils.log import LOGGER
 
 __all__ = ["REPO_ROOT", "UsageError", "UserError"]  # re-exported: scripts and tests import them from here
 
@@ -20,7 +21,7 @@ def check_img_size(imgsz: int, stride: int, min_strides: int = 1) -> int:
     one-line warning when it changes. val.py, detect.py and train.py (``min_strides=2``) all size images this way."""
     new = max(-(-imgsz // stride) * stride, stride * min_strides)
     if new != imgsz:
-        print(f"WARNING ⚠️ --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
+        LOGGER.warning(f"WARNING ⚠️ --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
     return int(new)
 
 
@@ -129,7 +130,7 @@ def output_options(default_project: str) -> argparse.ArgumentParser:
 
 def print_args(script: str, args: dict) -> None:
     """The echo line users know: ``val: data=..., weights=[...], ...``."""
-    print(f"{script}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
+    LOGGER.info(f"{script}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
 
 
 def run_cli(script: str, main: Callable[[], object]) -> None:

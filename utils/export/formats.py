@@ -120,7 +120,7 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOpti
             do_constant_folding=True,
         )
     proto = onnx.load(str(file))
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(proto, full_check=True)  # type and shape inference too: catches ops given fp16
     if opts.simplify:
         try:
             import onnxslim
@@ -394,7 +394,8 @@ def _check_nms(file: Path, x: torch.Tensor, ref: torch.Tensor, opts: ExportOptio
     so.log_severity_level = 3  # overridable thresholds are initializers listed as inputs: ORT warns, by design
     session = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
     conf = 0.001
-    dets = session.run(None, {"images": x.cpu().numpy(), "conf_thres": np.array([conf], np.float32)})[0]
+    images = x.cpu().numpy().astype(np.float16 if opts.half else np.float32)  # an fp16 export takes fp16 images
+    dets = session.run(None, {"images": images, "conf_thres": np.array([conf], np.float32)})[0]
     expect = non_max_suppression(ref.float().cpu(), conf, opts.iou_thres, max_det=opts.max_det)
     expect = torch.cat([torch.cat((torch.full((len(d), 1), float(i)), d), 1) for i, d in enumerate(expect)])
     if len(dets) != len(expect):
