@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -126,13 +125,13 @@ def run(**kwargs) -> Path:
 def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
     from utils.devices import select_device
     from utils.files import increment_path
+    from utils.log import quiet
     from utils.train import dist
     from utils.train.hyps import load_hyp
     from utils.train.setup import resolve_options
     from utils.train.trainer import train
 
-    quiet = contextlib.nullcontext() if dist.is_main_process() else contextlib.redirect_stdout(None)
-    with quiet:  # only rank 0 logs
+    with quiet(not dist.is_main_process()):  # only rank 0 logs (other ranks' warnings still show)
         opt = resolve_options(opt, vars(parse_opt([])), SHAPES_JOB, YOLOV5_JOB)
         print_args("train", vars(opt))
         device = dist.init_distributed(select_device(opt.device, max(opt.batch_size, 0)))

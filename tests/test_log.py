@@ -43,3 +43,10 @@ def test_val_and_detect_are_silenced_by_the_logger_level(yolov5n_pt, coco8, tmp_
     captured = capsys.readouterr()
     assert captured.out == "" and "Scanning" not in captured.err and "mAP50" not in captured.err  # no bars either
     assert 0 < metrics.map50 <= 1  # still computed
+
+
+def test_redirect_stdout_none_silences_it_without_logging_errors(capsys):
+    with redirect_stdout(None):
+        LOGGER.warning("WARNING ⚠️ nowhere")
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Logging error" not in captured.err

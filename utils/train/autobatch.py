@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.log import LOGGER
+
 PREFIX = "AutoBatch: "
 
 
@@ -20,13 +22,15 @@ def autobatch(
     the batch size is read off the line. Falls back to ``default`` when the measurement fails.
     """
     if device.type != "cuda":
-        print(f"{PREFIX}--batch-size -1 measures CUDA memory; on {device.type.upper()} using --batch-size {default}")
+        LOGGER.info(
+            f"{PREFIX}--batch-size -1 measures CUDA memory; on {device.type.upper()} using --batch-size {default}"
+        )
         return default
     gb = 1 << 30
     props = torch.cuda.get_device_properties(device)
     total = props.total_memory / gb
     free = torch.cuda.mem_get_info(device)[0] / gb  # what the driver can still hand out (other processes included)
-    print(
+    LOGGER.info(
         f"{PREFIX}Computing optimal batch size for --imgsz {imgsz} ({props.name} {total:.2f}G total, {free:.2f}G free)"
     )
     probe = copy.deepcopy(model).to(device).train()
@@ -47,10 +51,12 @@ def autobatch(
             torch.cuda.empty_cache()
     del probe
     if len(sizes) < 2:
-        print(f"{PREFIX}WARNING ⚠️ could not measure memory use, using default --batch-size {default}")
+        LOGGER.warning(f"{PREFIX}WARNING ⚠️ could not measure memory use, using default --batch-size {default}")
         return default
     slope, intercept = np.polyfit(sizes, used, 1)
     b = int((free * fraction - intercept) / slope) if slope > 0 else default
     b = max(1, min(b, 1024))
-    print(f"{PREFIX}Using batch-size {b} for {props.name} {total * fraction:.2f}G/{total:.2f}G ({fraction:.0%}) ✅")
+    LOGGER.info(
+        f"{PREFIX}Using batch-size {b} for {props.name} {total * fraction:.2f}G/{total:.2f}G ({fraction:.0%}) ✅"
+    )
     return b
