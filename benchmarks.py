@@ -36,8 +36,10 @@ from utils.export.formats import (
 )
 from utils.files import increment_path
 from utils.options import (
+    ENSEMBLE_MODES,
     OPTIMIZERS,
     UsageError,
+    add_shared,
     data_options,
     device_options,
     image_size_options,
@@ -64,17 +66,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         output_options("runs/benchmarks"),
     ]
     p = argparse.ArgumentParser(description="Benchmark export formats (size, mAP, speed)", parents=parents)
-    p.add_argument(
-        "--batch-size", type=int, default=None, help="batch size of the exports and of validation (1; --study: 16)"
-    )
-    p.add_argument("--include", nargs="*", default=list(DEFAULT_FORMATS), help="export formats (none: PyTorch only)")
-    p.add_argument(
-        "--dynamic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="dynamic export shapes (default: each format's own, as in export.py: ONNX/OpenVINO dynamic)",
-    )
-    p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+    add_shared(p, "--batch-size", help="batch size of the exports and of validation (1; --study: 16)")
+    add_shared(p, "--include", nargs="*", default=list(DEFAULT_FORMATS), help="export formats (none: PyTorch only)")
+    add_shared(p, "--dynamic")
+    add_shared(p, "--workers")
     p.add_argument(
         "--hard-fail",
         nargs="?",
@@ -85,7 +80,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--prune", nargs="*", type=float, default=[], help="sparsity sweep: pruned PyTorch rows")
     p.add_argument("--prune-exclude", nargs="*", default=[], help="module prefixes kept dense when pruning")
-    p.add_argument("--ensemble-mode", choices=("nms", "mean", "max"), default="nms", help="merge of several weights")
+    exportable = [m for m in ENSEMBLE_MODES if m != "wbf"]  # wbf's per-member NMS runs in Python: not exportable
+    p.add_argument("--ensemble-mode", choices=exportable, default="nms", help="merge of several weights")
     p.add_argument("--study", action="store_true", help="accuracy-vs-cost study (utils/study.py) instead")
     p.add_argument("--cfgs", nargs="+", default=[], help="--study: model YAMLs to train and measure")
     p.add_argument(
@@ -152,13 +148,14 @@ def run(
     """
     paths = [str(weights)] if isinstance(weights, (str, Path)) else [str(w) for w in weights]
     if study:
+        import train
         from utils.study import run_study
 
         recipe = {k: v for k, v in (("hyp", hyp), ("optimizer", optimizer), ("nbs", nbs)) if v is not None}
         return run_study(
             cfgs=cfgs, weights=paths, ensembles=ensembles, data=data, imgsz=imgsz, epochs=epochs,
             batch_size=batch_size or 16, device=device, project=project, name=name, exist_ok=exist_ok,
-            workers=workers, train_kwargs=recipe,
+            workers=workers, train_kwargs=recipe, train_fn=train.run, val_fn=validate.run,
         )  # fmt: skip
     batch_size = batch_size or 1
     paths = paths or ["yolov5s.pt"]

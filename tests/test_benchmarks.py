@@ -114,6 +114,10 @@ def test_study_options_reach_run_study(monkeypatch, tmp_path):
     assert calls["epochs"] == 3 and calls["imgsz"] == 160 and calls["weights"] == []
     assert calls["batch_size"] == 16  # --batch-size unset: 16 for training, not the export benchmark's 1
     assert calls["train_kwargs"] == {"optimizer": "AdamW", "nbs": 16}
+    import train
+    import val
+
+    assert calls["train_fn"] is train.run and calls["val_fn"] is val.run  # utils/study.py imports no entry script
 
 
 def test_unknown_format_is_a_usage_error(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -197,17 +196,3 @@ def test_bad_inputs_are_one_line_errors(hub_model, tmp_path):
         hub_model(str(tmp_path / "missing.jpg"))
     with pytest.raises(UsageError, match="load the model with .*augment=True"):
         hub_model(np.zeros((64, 64, 3), np.uint8), augment=True)
-
-
-def test_package_logger_is_silenceable_and_detect_leaves_root_alone(yolov5n_pt, image, tmp_path, capsys):
-    root_handlers = list(logging.getLogger().handlers)
-    detect.run(weights=[str(yolov5n_pt)], source=str(image), imgsz=64, project=tmp_path, nosave=True)
-    assert "Results saved to" in capsys.readouterr().out
-    assert logging.getLogger().handlers == root_handlers  # no logging.basicConfig any more
-    logger = logging.getLogger("yolo")
-    logger.setLevel(logging.WARNING)
-    try:
-        detect.run(weights=[str(yolov5n_pt)], source=str(image), imgsz=64, project=tmp_path, nosave=True)
-    finally:
-        logger.setLevel(logging.INFO)
-    assert capsys.readouterr().out == ""

@@ -35,6 +35,10 @@ class _CurrentStdoutHandler(logging.StreamHandler):
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always reads sys.stdout
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        if sys.stdout is not None:  # redirect_stdout(None) silences it like print
+            super().emit(record)
+
 
 def _configure(logger: logging.Logger) -> None:
     """Attach the stdout handler once (re-imports and reloads add nothing)."""

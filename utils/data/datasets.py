@@ -15,6 +15,7 @@ from utils.data.augment import letterbox, resize_long_side
 from utils.data.dataset_config import list_image_files
 from utils.data.labels import WARN, folder_writable, scan_labels
 from utils.data.samplers import DistributedRectSampler
+from utils.log import LOGGER
 from utils.train.dist import local_world_size
 
 
@@ -94,7 +95,7 @@ class YoloDataset(Dataset):
     def _cache_images(self, cache: str, prefix: str) -> None:
         if cache == "disk":
             if not folder_writable(Path(self.im_files[0]).parent):
-                print(f"{prefix}{WARN} image folder is not writeable, --cache disk skipped (use --cache ram)")
+                LOGGER.warning(f"{prefix}{WARN} image folder is not writeable, --cache disk skipped (use --cache ram)")
                 return
             for i, f in enumerate(self.npy_files):
                 if not f.exists():
@@ -104,7 +105,7 @@ class YoloDataset(Dataset):
         for i in range(len(self)):
             self.ims[i] = self.load_image(i)[0]
             gb += self.ims[i].nbytes
-        print(f"{prefix}Caching images ({gb / 1e9:.1f}GB ram)")
+        LOGGER.info(f"{prefix}Caching images ({gb / 1e9:.1f}GB ram)")
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Image ``i`` as BGR with its long side resized to ``img_size``; returns (im, (h0, w0), (h, w))."""

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.log import LOGGER
 from utils.train.ema import detach_pruned_weights
 
 PREFIX = "AutoBatch: "
@@ -28,12 +29,14 @@ def autobatch(
     when fewer than two sizes could be measured.
     """
     if device.type != "cuda":
-        print(f"{PREFIX}--batch-size -1 measures CUDA memory; on {device.type.upper()} using --batch-size {default}")
+        LOGGER.info(
+            f"{PREFIX}--batch-size -1 measures CUDA memory; on {device.type.upper()} using --batch-size {default}"
+        )
         return default
     props = torch.cuda.get_device_properties(device)
     total = props.total_memory / GB
     free = torch.cuda.mem_get_info(device)[0] / GB  # what the driver can still hand out (other processes included)
-    print(
+    LOGGER.info(
         f"{PREFIX}Computing optimal batch size for --imgsz {imgsz} ({props.name} {total:.2f}G total, {free:.2f}G free)"
     )
 
@@ -48,9 +51,11 @@ def autobatch(
     state_gb = STATE_COPIES * sum(t.numel() * 4 for t in model.state_dict().values()) / GB
     b = fit_batch_size(sizes, used, free * fraction - state_gb)
     if b is None:
-        print(f"{PREFIX}WARNING ⚠️ could not measure memory use, using default --batch-size {default}")
+        LOGGER.warning(f"{PREFIX}WARNING ⚠️ could not measure memory use, using default --batch-size {default}")
         return default
-    print(f"{PREFIX}Using batch-size {b} for {props.name} {total * fraction:.2f}G/{total:.2f}G ({fraction:.0%}) ✅")
+    LOGGER.info(
+        f"{PREFIX}Using batch-size {b} for {props.name} {total * fraction:.2f}G/{total:.2f}G ({fraction:.0%}) ✅"
+    )
     return b
 
 
@@ -81,7 +86,7 @@ def profile_batches(
             probe.zero_grad(set_to_none=True)
         except RuntimeError as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            print(f"{PREFIX}batch {b} failed ({reason})")
+            LOGGER.warning(f"{PREFIX}batch {b} failed ({reason})")
             break
         done.append(b)
         used.append(peak_gb())

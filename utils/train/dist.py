@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from utils.log import LOGGER
+
 
 def rank() -> int:
     """Global rank of this process, -1 when not launched by torchrun."""
@@ -117,8 +119,10 @@ def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = False) -> n
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
             if is_main_process():
-                print("Using SyncBatchNorm()")
+                LOGGER.info("Using SyncBatchNorm()")
         elif is_main_process():
-            print("WARNING ⚠️ --sync-bn needs CUDA (SyncBatchNorm has no CPU kernel), keeping per-process BatchNorm")
+            LOGGER.warning(
+                "WARNING ⚠️ --sync-bn needs CUDA (SyncBatchNorm has no CPU kernel), keeping per-process BatchNorm"
+            )
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)
