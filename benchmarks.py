@@ -33,6 +33,7 @@ from utils.export.formats import (
     missing_requirement,
 )
 from utils.files import increment_path
+from utils.log import LOGGER
 from utils.options import (
     OPTIMIZERS,
     UsageError,
@@ -113,9 +114,9 @@ def _reason(e: Exception) -> str:
 
 def print_table(rows: list[dict]) -> None:
     widths = [max(len(c), *(len("-" if r[c] is None else str(r[c])) for r in rows)) for c in COLUMNS]
-    print("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+    LOGGER.info("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     for r in rows:
-        print("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
+        LOGGER.info("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
 
 
 def run(
@@ -211,7 +212,7 @@ def run(
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\nResults saved to {csv_file}")
+    LOGGER.info(f"\nResults saved to {csv_file}")
     if hard_fail is not None:
         _hard_fail(rows, hard_fail)
     return rows
