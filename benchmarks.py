@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import val as validate
@@ -24,6 +25,7 @@ from utils.devices import select_device
 from utils.errors import UserError
 from utils.export.formats import (
     FORMATS,
+    HALF_NEEDS_CUDA,
     ExportError,
     ExportOptions,
     export_formats,
@@ -176,17 +178,23 @@ def run(
     rows = [validate_row("PyTorch", paths, sum(file_size_mb(Path(p)) for p in paths))]
     opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, half=half, dynamic=dynamic, source=str(paths[0]))
     model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
+    if half and dev.type != "cuda" and any(f.flag in HALF_NEEDS_CUDA for f in rows_to_run):
+        print(f"WARNING ⚠️ --half: fp16 {'/'.join(HALF_NEEDS_CUDA)} exports need CUDA; exporting them in fp32 on {dev}")
     for fmt in rows_to_run:
         reason = missing_requirement(fmt, dev)
         if reason:
             rows.append(_row(fmt.name, None, status=f"skipped: {reason}"))
             continue
+        fp16 = half and (dev.type == "cuda" or fmt.flag not in HALF_NEEDS_CUDA)
         try:
             if model is None:
                 model = load_export_model(paths, dev, ensemble_mode=ensemble_mode)
-            file = export_formats(model, [fmt.flag], save_dir / stem, opts, dev)[fmt.flag]
+            file = export_formats(model, [fmt.flag], save_dir / stem, replace(opts, half=fp16), dev)[fmt.flag]
         except Exception as e:
             rows.append(_row(fmt.name, None, status=f"❌ export: {_reason(e)}"))
+            continue
+        if not fmt.checked:  # exported, but this toolkit has no runtime for it: nothing to validate, no failure
+            rows.append(_row(fmt.name, file_size_mb(file), status=f"⚠️ exported, not validated (no {fmt.name} backend)"))
             continue
         rows.append(validate_row(fmt.name, [str(file)], file_size_mb(file)))
     for sparsity in prune:

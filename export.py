@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 
 from utils.devices import select_device
-from utils.export.formats import FORMATS, ExportError, ExportOptions, export_formats, format_row, load_export_model
+from utils.export.formats import (
+    FORMATS,
+    HALF_NEEDS_CUDA,
+    ExportError,
+    ExportOptions,
+    export_formats,
+    format_row,
+    load_export_model,
+)
 from utils.options import (
     UsageError,
     add_shared,
@@ -29,8 +37,6 @@ from utils.options import (
     threshold_options,
     weights_options,
 )
-
-HALF_NEEDS_CUDA = ("torchscript", "onnx", "engine")
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
