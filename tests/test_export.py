@@ -264,3 +264,15 @@ def test_fp16_onnx_passes_the_full_checker_and_runs_in_onnxruntime(random_pt, tm
             ref = model(x)
         assert y.dtype == np.float16 and y.shape == tuple(ref.shape)
         assert np.abs(y.astype(np.float32) - ref.numpy()).max() < 5e-3 * (1 + float(ref.abs().max()))
+
+
+def test_tensorrt_networks_use_explicit_batch_before_version_10():
+    """TensorRT 7/8's ONNX parser refuses the implicit-batch network that ``create_network(0)`` makes there."""
+    from types import SimpleNamespace
+
+    from utils.export.formats import trt_network_flags
+
+    flags = SimpleNamespace(EXPLICIT_BATCH=0)  # the enum value TensorRT 8 gives it
+    assert trt_network_flags(SimpleNamespace(__version__="8.6.1", NetworkDefinitionCreationFlag=flags)) == 1
+    assert trt_network_flags(SimpleNamespace(__version__="7.2.3.4", NetworkDefinitionCreationFlag=flags)) == 1
+    assert trt_network_flags(SimpleNamespace(__version__="10.3.0")) == 0  # explicit batch is the only mode

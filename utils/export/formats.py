@@ -220,7 +220,7 @@ def export_engine(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOp
     onnx_opts.half = onnx_opts.nms = False
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(trt_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = export_onnx(model, im.float(), Path(tmp) / "model.onnx", onnx_opts)
@@ -237,10 +237,18 @@ def export_engine(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOp
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
-    meta = json.dumps(export_metadata(model, opts)).encode()
+    meta = json.dumps(export_metadata(model, opts, half=False, fp16_kernels=opts.half)).encode()  # fp32 bindings
     with open(file, "wb") as fh:
         fh.write(len(meta).to_bytes(4, "little") + meta + bytes(engine))
     return file
+
+
+def trt_network_flags(trt: Any) -> int:
+    """``create_network`` flags: explicit batch, which TensorRT 7/8's ONNX parser requires (implicit-batch networks
+    are refused) and which TensorRT 10 made the only mode (the flag is deprecated there: 0)."""
+    if int(str(trt.__version__).split(".")[0]) >= 10:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
 
 
 def export_coreml(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOptions) -> Path:
@@ -301,6 +309,9 @@ def format_row(flag: str) -> ExportFormat:
         if row.flag == flag.lower():
             return row
     raise ExportError(f"--include {flag}: unknown format; choose from {', '.join(r.flag for r in FORMATS)}")
+
+
+HALF_NEEDS_CUDA = ("torchscript", "onnx", "engine")  # fp16 graphs; OpenVINO --half only compresses stored weights
 
 
 def missing_requirement(row: ExportFormat, device: torch.device) -> str | None:

@@ -138,7 +138,8 @@ def build_model(weights: str, cfg: str, nc: int, resume: bool = False) -> tuple[
 
     if not weights:
         return DetectionModel(cfg, ch=3, nc=nc), None
-    path = attempt_download(weights)
+    with dist.main_process_first():  # rank 0 downloads; the others then find the file (no shared .part file)
+        path = attempt_download(weights)
     ckpt = read_checkpoint(path)
     # the checkpoint's own architecture: its tensors replace any ImageNet backbone weights, so none are read
     with checkpoint_weights() if resume or not cfg else contextlib.nullcontext():

@@ -257,7 +257,7 @@ def _make_loaders(data: dict, opt, hyp: dict, imgsz: int, imgsz_val: int, batch_
     with dist.main_process_first():
         train_loader, dataset = create_dataloader(
             data["train"], data["nc"], imgsz, batch_size // ws, gs, hyp=hyp, augment=True,
-            cache=opt.cache, rect=opt.rect, rank=dist.local_rank(), workers=opt.workers, prefix="train: ",
+            cache=opt.cache, rect=opt.rect, rank=dist.sampler_rank(), workers=opt.workers, prefix="train: ",
             shuffle=not opt.rect, single_cls=opt.single_cls, seed=opt.seed, quad=opt.quad,
         )  # fmt: skip
     sampler = None
@@ -292,7 +292,7 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
         job.train_loader = _epoch_loader(
             job.train_loader, job.dataset, job.sampler, job.maps, job.nc, opt, epoch, epochs, job.batch_size, job.ws
         )  # fmt: skip
-    if isinstance(job.train_loader.sampler, torch.utils.data.distributed.DistributedSampler):
+    if hasattr(job.train_loader.sampler, "set_epoch"):  # DistributedSampler / DistributedRectSampler
         job.train_loader.sampler.set_epoch(epoch)
     mloss = torch.zeros(3, device=device)
     if job.main:
@@ -416,7 +416,7 @@ def _epoch_loader(loader, dataset, sampler, maps, nc, opt, epoch, epochs, batch_
         loader = None  # shut the persistent workers down: they hold a copy of the dataset with mosaic on
     if loader is None or (sampler is not None and loader.sampler is not sampler):
         loader = make_loader(
-            dataset, batch_size // ws, rank=dist.local_rank(), workers=opt.workers, shuffle=not opt.rect,
+            dataset, batch_size // ws, rank=dist.sampler_rank(), workers=opt.workers, shuffle=not opt.rect,
             seed=opt.seed, sampler=sampler, quad=opt.quad,
         )  # fmt: skip
     return loader
