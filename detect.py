@@ -8,16 +8,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from utils.devices import print_speed, select_device
 from utils.files import increment_path, print_labels_saved
-from utils.inference.loader import load_inference_model
+from utils.inference.loader import InferenceOptions, load_inference_model
 from utils.inference.predict import PredictOptions, make_source, predict
+from utils.log import LOGGER
 from utils.options import (
     REPO_ROOT,
+    add_shared,
     check_img_size,
     device_options,
     image_size_options,
@@ -47,8 +48,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         help="file, folder, glob, .txt list, video, webcam index (0), stream URL or .streams list",
     )
     p.add_argument("--view-img", action="store_true", help="show results in a window")
-    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
-    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    add_shared(p, "--save-txt", "--save-conf")
     p.add_argument("--save-crop", action="store_true", help="save cropped prediction boxes")
     p.add_argument("--nosave", action="store_true", help="do not save images/videos")
     p.add_argument("--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")
@@ -86,29 +86,17 @@ def run(
     hide_conf: bool = False,
     half: bool = False,
     vid_stride: int = 1,
-    tta_scales: list[float] | None = None,
-    tta_flips: list[str] | None = None,
-    ensemble_mode: str = "nms",
-    prune: float = 0.0,
-    prune_exclude: list[str] | None = None,
     verbose: bool = False,
+    **inference,
 ) -> Path:
-    """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder.
+
+    ``inference``: the other ``InferenceOptions`` keywords (``tta_scales, tta_flips, ensemble_mode, prune,
+    prune_exclude``), as the flags of the same names.
+    """
     device = select_device(device)
-    model = load_inference_model(
-        weights,
-        device,
-        half=half,
-        augment=augment,
-        tta_scales=tta_scales,
-        tta_flips=tta_flips,
-        ensemble_mode=ensemble_mode,
-        prune=prune,
-        prune_exclude=prune_exclude,
-        verbose=verbose,
-        imgsz=imgsz,
-    )
+    inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)
+    model = load_inference_model(weights, device, inference)
     imgsz = check_img_size(imgsz, model.max_stride)
     dataset, is_stream = make_source(str(source), imgsz, model.max_stride, model.supports_rect, vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
@@ -123,7 +111,7 @@ def run(
         model.print_member_times(result.seen)
     if save_txt:
         print_labels_saved(save_dir / "labels")
-    print(f"Results saved to {save_dir}")
+    LOGGER.info(f"Results saved to {save_dir}")
     return save_dir
 
 

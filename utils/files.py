@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from utils.log import LOGGER
+
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout: data/, models/, runs/ are found from here
 
 
@@ -36,4 +38,4 @@ def append_csv_row(path: Path, keys: tuple[str, ...] | list[str], values) -> Non
 def print_labels_saved(labels_dir: Path) -> None:
     """``3 labels saved to runs/detect/exp/labels`` after --save-txt (val.py and detect.py)."""
     n = len(list(labels_dir.glob("*.txt")))
-    print(f"{n} labels saved to {labels_dir}")
+    LOGGER.info(f"{n} labels saved to {labels_dir}")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from utils.checkpoints import CheckpointError, load_model, normalize_names
+from utils.log import LOGGER
 
 
 class BackendError(CheckpointError):
@@ -183,7 +184,7 @@ class OnnxBackend(Backend):
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
             else:
-                print(f"WARNING ⚠️ {path}: onnxruntime has no CUDA provider here; running ONNX on the CPU")
+                LOGGER.warning(f"WARNING ⚠️ {path}: onnxruntime has no CUDA provider here; running ONNX on the CPU")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = _threads()
@@ -228,7 +229,7 @@ class OpenVINOBackend(Backend):
         meta = yaml.safe_load(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         meta = decode_metadata(meta or {})
         if device.type != "cpu":
-            print(f"WARNING ⚠️ {path}: OpenVINO runs on the CPU here, not {device}")
+            LOGGER.warning(f"WARNING ⚠️ {path}: OpenVINO runs on the CPU here, not {device}")
         core = ov.Core()
         model = core.read_model(str(xmls[0]))
         shape = model.inputs[0].get_partial_shape()
@@ -276,5 +277,5 @@ def load_backend(path: str | Path, device: torch.device, fuse: bool = True) -> B
         return cls(path, device, fuse=fuse)
     if not Path(path).exists():
         raise FileNotFoundError(f"--weights {path}: file not found")
-    print(f"Loading {path} for {cls.format_name} inference...")
+    LOGGER.info(f"Loading {path} for {cls.format_name} inference...")
     return cls(path, device)

@@ -17,6 +17,7 @@ import torch
 from utils.boxes import scale_boxes_to_original
 from utils.data.labels import write_yolo_labels
 from utils.devices import Profile
+from utils.log import LOGGER
 from utils.nms import non_max_suppression
 
 
@@ -119,7 +120,7 @@ def predict(
                 p, im0, line, frame = Path(path), im0s.copy(), s, getattr(dataset, "frame", 0)
             det = det.detach().cpu().float()
             scale_boxes_to_original(x.shape[2:], det[:, :4], im0.shape[:2])
-            print(f"{line}{x.shape[2]}x{x.shape[3]} {describe(det, model.names)}, {dt[1].dt * 1e3:.1f}ms")
+            LOGGER.info(f"{line}{x.shape[2]}x{x.shape[3]} {describe(det, model.names)}, {dt[1].dt * 1e3:.1f}ms")
             is_video = cap is not None or is_stream
             stem = f"{p.stem}_{frame}" if is_video else p.stem
             if opts.save_txt and len(det):  # like YOLOv5: no file for an image without detections

@@ -28,9 +28,11 @@ from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader, label_stats, make_loader
 from utils.devices import autocast_dtype
 from utils.evaluate import EvalOptions, evaluate
+from utils.log import LOGGER
 from utils.metrics import fitness
 from utils.train import dist
 from utils.train.ema import ModelEMA
+from utils.train.loggers import TrainLoggers
 from utils.train.loss import YoloLoss, scale_loss_gains
 from utils.train.optim import (
     accumulate_steps,
@@ -73,7 +75,7 @@ class EarlyStopping:
         self.possible_stop = delta >= self.patience - 1
         stop = delta >= self.patience
         if stop:
-            print(
+            LOGGER.info(
                 f"Stopping training early as no improvement observed in last {self.patience} epochs. "
                 f"Best results observed at epoch {self.best_epoch}, best model saved as best.pt.\n"
                 f"To update EarlyStopping(patience={self.patience}) pass a new patience value, "
@@ -140,6 +142,7 @@ class TrainJob:
     last_opt_step: int = -1
     maps: np.ndarray = field(init=False)  # per-class mAP50-95 of the last validation
     results: tuple = (0.0,) * 7  # (P, R, mAP50, mAP50-95, val box, obj, cls) of the last validation
+    loggers: TrainLoggers | None = None  # TensorBoard (rank 0, not while evolving)
 
     def __post_init__(self):
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs no scaling
@@ -240,8 +243,10 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
         EarlyStopping(opt.patience, best_fitness, best_epoch), gs, imgsz, imgsz_val, batch_size, start_epoch,
         channels_last, amp_dtype=autocast_dtype(device) if opt.amp else None, accumulate=accumulate,
     )  # fmt: skip
+    if main and not opt.evolve:
+        job.loggers = TrainLoggers(save_dir)
     if main:
-        print(
+        LOGGER.info(
             f"Image sizes {imgsz} train, {imgsz_val} val\nUsing {train_loader.num_workers} dataloader workers\n"
             f"{_precision_line(job.amp_dtype)}\n"
             f"Logging results to {save_dir}\nStarting training for {opt.epochs} epochs..."
@@ -260,7 +265,7 @@ def _make_loaders(data: dict, opt, hyp: dict, imgsz: int, imgsz_val: int, batch_
     with dist.main_process_first():
         train_loader, dataset = create_dataloader(
             data["train"], data["nc"], imgsz, batch_size // ws, gs, hyp=hyp, augment=True,
-            cache=opt.cache, rect=opt.rect, rank=dist.local_rank(), workers=opt.workers, prefix="train: ",
+            cache=opt.cache, rect=opt.rect, rank=dist.sampler_rank(), workers=opt.workers, prefix="train: ",
             shuffle=not opt.rect, single_cls=opt.single_cls, seed=opt.seed, quad=opt.quad,
         )  # fmt: skip
     sampler = None
@@ -282,7 +287,7 @@ def _resume_state(ckpt: dict, optimizer, ema: ModelEMA | None, opt) -> tuple[int
     optimizer.load_state_dict(ckpt["optimizer"])
     if ema is not None:
         ema.load_plain_state(ckpt["state_dict"], int(ckpt.get("ema_updates", 0)))
-    print(f"Resuming training from {opt.weights} from epoch {start_epoch} to {opt.epochs} total epochs")
+    LOGGER.info(f"Resuming training from {opt.weights} from epoch {start_epoch} to {opt.epochs} total epochs")
     return start_epoch, best_fitness, best_epoch
 
 
@@ -295,11 +300,11 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
         job.train_loader = _epoch_loader(
             job.train_loader, job.dataset, job.sampler, job.maps, job.nc, opt, epoch, epochs, job.batch_size, job.ws
         )  # fmt: skip
-    if isinstance(job.train_loader.sampler, torch.utils.data.distributed.DistributedSampler):
+    if hasattr(job.train_loader.sampler, "set_epoch"):  # DistributedSampler / DistributedRectSampler
         job.train_loader.sampler.set_epoch(epoch)
     mloss = torch.zeros(3, device=device)
     if job.main:
-        print("\n" + ("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
+        LOGGER.info("\n" + ("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
     bar = tqdm(job.train_loader, total=job.nb, bar_format=BAR_FORMAT, disable=not job.main)
     job.optimizer.zero_grad()
     for i, (imgs, targets, paths, _) in enumerate(bar):
@@ -322,7 +327,9 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
             if job.plots and ni < 3:
                 from utils.plots import plot_images
 
-                plot_images(imgs, targets, paths, job.save_dir / f"train_batch{ni}.jpg", job.names)
+                mosaic = plot_images(imgs, targets, paths, job.save_dir / f"train_batch{ni}.jpg", job.names)
+                if job.loggers is not None:
+                    job.loggers.image(mosaic, ni)
         fire(callbacks, "on_train_batch_end", epoch=epoch, batch=i)
     bar.close()
     lr = [g["lr"] for g in job.optimizer.param_groups]
@@ -357,7 +364,10 @@ def end_of_epoch(job: TrainJob, epoch: int, mloss: torch.Tensor, lr: list, callb
         job.results, job.maps = validate(job.ema.ema, job.val_loader, job.names, job.device, job.compute_loss, opt)
     fi = float(fitness(np.array(job.results).reshape(1, -1))[0])
     stop = stopper(epoch, fi)  # the stopper keeps the best fitness and epoch (ties count as the newer epoch)
-    write_results_row(job.results_csv, epoch, [*mloss.tolist(), *job.results, *lr])
+    values = [*mloss.tolist(), *job.results, *lr]
+    write_results_row(job.results_csv, epoch, values)
+    if job.loggers is not None:
+        job.loggers.epoch_end(epoch, values)
     if not opt.nosave or (final_epoch and not opt.evolve):
         _save_checkpoints(job, epoch)
     fire(callbacks, "on_fit_epoch_end", epoch=epoch, results=job.results, fitness=fi)
@@ -380,14 +390,14 @@ def _save_checkpoints(job: TrainJob, epoch: int) -> None:
 def finish(job: TrainJob, epochs_done: int, seconds: float, callbacks: Callbacks | None = None) -> None:
     """Rank 0 at the end: strip the optimizer from last/best.pt, validate best.pt with plots, plot results.csv."""
     opt, best = job.opt, job.weights_dir / "best.pt"
-    print(f"\n{epochs_done} epochs completed in {seconds / 3600:.3f} hours.")
+    LOGGER.info(f"\n{epochs_done} epochs completed in {seconds / 3600:.3f} hours.")
     for f in (job.weights_dir / "last.pt", best):
         if f.exists():
             strip_checkpoint(f)
     if best.exists() and not opt.evolve:
         from utils.checkpoints import load_model
 
-        print(f"\nValidating {best}...")
+        LOGGER.info(f"\nValidating {best}...")
         model_best = load_model(best, job.device)
         job.results, _ = validate(
             model_best, job.val_loader, job.names, job.device, job.compute_loss, opt, job.save_dir,
@@ -397,7 +407,9 @@ def finish(job: TrainJob, epochs_done: int, seconds: float, callbacks: Callbacks
         from utils.plots import plot_results
 
         plot_results(job.results_csv)
-    print(f"Results saved to {job.save_dir}")
+    if job.loggers is not None:
+        job.loggers.train_end(job.start_epoch + epochs_done - 1)
+    LOGGER.info(f"Results saved to {job.save_dir}")
     fire(callbacks, "on_train_end", save_dir=job.save_dir, results=job.results)
 
 
@@ -407,12 +419,12 @@ def _epoch_loader(loader, dataset, sampler, maps, nc, opt, epoch, epochs, batch_
         sampler.weights = torch.as_tensor(image_sampling_weights(dataset.labels, nc, maps), dtype=torch.double)
     if opt.close_mosaic and epoch >= epochs - opt.close_mosaic and dataset.mosaic:
         if dist.is_main_process():
-            print(f"Closing dataloader mosaic for the last {epochs - epoch} epochs")
+            LOGGER.info(f"Closing dataloader mosaic for the last {epochs - epoch} epochs")
         dataset.mosaic = False
         loader = None  # shut the persistent workers down: they hold a copy of the dataset with mosaic on
     if loader is None or (sampler is not None and loader.sampler is not sampler):
         loader = make_loader(
-            dataset, batch_size // ws, rank=dist.local_rank(), workers=opt.workers, shuffle=not opt.rect,
+            dataset, batch_size // ws, rank=dist.sampler_rank(), workers=opt.workers, shuffle=not opt.rect,
             seed=opt.seed, sampler=sampler, quad=opt.quad,
         )  # fmt: skip
     return loader
