@@ -20,11 +20,11 @@ directory (online only; offline, one clear error).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from pathlib import Path as _Path
 
 dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
 
-_CLONE = Path(__file__).resolve().parent
+_CLONE = _Path(__file__).resolve().parent
 
 
 def _import_package():
@@ -36,7 +36,7 @@ def _import_package():
     """
     for name in ("utils", "models"):
         mod = sys.modules.get(name)
-        where = Path(getattr(mod, "__file__", "") or "").resolve().parent.parent if mod else _CLONE
+        where = _Path(getattr(mod, "__file__", "") or "").resolve().parent.parent if mod else _CLONE
         if where != _CLONE:
             raise ImportError(
                 f"hubconf: a different '{name}' package is already imported ({mod.__file__}); import this model "
@@ -54,14 +54,14 @@ def _import_package():
     return load_autoshape
 
 
-def _official_weights(name: str, path: str | Path | None) -> str:
+def _official_weights(name: str, path: str | _Path | None) -> str:
     """Where the official ``name`` checkpoint is: ``path``, the cwd, the clone, torch.hub's cache, else ``name``
     itself (then fetched into the cwd when online, one clear error offline)."""
     import torch
 
     if path is not None:
         return str(path)
-    for folder in (Path.cwd(), _CLONE, Path(torch.hub.get_dir()) / "checkpoints"):
+    for folder in (_Path.cwd(), _CLONE, _Path(torch.hub.get_dir()) / "checkpoints"):
         if (folder / name).is_file():
             return str(folder / name)
     return name

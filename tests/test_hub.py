@@ -199,3 +199,14 @@ def test_bad_inputs_are_one_line_errors(hub_model, tmp_path):
         hub_model("http://127.0.0.1:9/x.jpg")  # nothing listens on the discard port: refused at once, offline too
     with pytest.raises(UsageError, match="load the model with .*augment=True"):
         hub_model(np.zeros((64, 64, 3), np.uint8), augment=True)
+
+
+def test_another_projects_utils_package_is_one_clear_error(tmp_path):
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("")
+    script = f"import utils, torch; torch.hub.load({str(REPO)!r}, 'custom', path='x.pt', source='local')"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("ImportError: hubconf: a different 'utils' package is already")
+    assert str(tmp_path / "utils") in last
