@@ -35,6 +35,7 @@ from utils.export.formats import (
     missing_requirement,
 )
 from utils.files import increment_path
+from utils.log import LOGGER
 from utils.options import (
     ENSEMBLE_MODES,
     OPTIMIZERS,
@@ -109,11 +110,17 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
+def _warn_fp32_exports(dev) -> None:
+    LOGGER.warning(
+        f"WARNING ⚠️ --half: fp16 {'/'.join(HALF_NEEDS_CUDA)} exports need CUDA; exporting them in fp32 on {dev}"
+    )
+
+
 def print_table(rows: list[dict]) -> None:
     widths = [max(len(c), *(len("-" if r[c] is None else str(r[c])) for r in rows)) for c in COLUMNS]
-    print("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+    LOGGER.info("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     for r in rows:
-        print("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
+        LOGGER.info("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
 
 
 def run(
@@ -179,7 +186,7 @@ def run(
     opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, half=half, dynamic=dynamic, source=str(paths[0]))
     model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
     if half and dev.type != "cuda" and any(f.flag in HALF_NEEDS_CUDA for f in rows_to_run):
-        print(f"WARNING ⚠️ --half: fp16 {'/'.join(HALF_NEEDS_CUDA)} exports need CUDA; exporting them in fp32 on {dev}")
+        _warn_fp32_exports(dev)
     for fmt in rows_to_run:
         reason = missing_requirement(fmt, dev)
         if reason:
@@ -200,7 +207,7 @@ def run(
     rows += [_pruned_row(paths, sparsity, prune_exclude, save_dir, dev, validate_row) for sparsity in prune]
 
     print_table(rows)
-    print(f"\nResults saved to {_save_csv(rows, save_dir / 'benchmarks.csv')}")
+    LOGGER.info(f"\nResults saved to {_save_csv(rows, save_dir / 'benchmarks.csv')}")
     if hard_fail is not None:
         _hard_fail(rows, hard_fail)
     return rows

@@ -27,6 +27,7 @@ from utils.export.formats import (
     format_row,
     load_export_model,
 )
+from utils.log import LOGGER
 from utils.options import (
     UsageError,
     add_shared,
@@ -119,9 +120,9 @@ def run(
         prune=prune,
         source=str(source),
     )
-    print(f"\nStarting export of {', '.join(map(str, paths))} at {h}x{w}, batch {batch_size}...")
+    LOGGER.info(f"\nStarting export of {', '.join(map(str, paths))} at {h}x{w}, batch {batch_size}...")
     done = export_formats(model, list(include), out_dir / stem, opts, dev, source=source)
-    print(f"\nExport complete: {', '.join(str(f) for f in done.values())}")
+    LOGGER.info(f"\nExport complete: {', '.join(str(f) for f in done.values())}")
     return done
 
 

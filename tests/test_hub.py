@@ -16,6 +16,7 @@ from PIL import Image
 
 import detect
 from utils.checkpoints import CheckpointError
+from utils.data.sources import SourceError
 from utils.errors import UsageError
 from utils.inference.detections import XYXY_COLUMNS
 
@@ -192,7 +193,9 @@ def test_ensemble_tta_and_bare_model(yolov5n_pt, image, capsys):
 def test_bad_inputs_are_one_line_errors(hub_model, tmp_path):
     with pytest.raises(UsageError, match="image of type dict"):
         hub_model({"a": 1})
-    with pytest.raises(Exception, match="missing.jpg: file not found"):
+    with pytest.raises(SourceError, match="missing.jpg: file not found"):
         hub_model(str(tmp_path / "missing.jpg"))
+    with pytest.raises(SourceError, match=r"image URL http://127.0.0.1:9/x.jpg: could not be downloaded \("):
+        hub_model("http://127.0.0.1:9/x.jpg")  # nothing listens on the discard port: refused at once, offline too
     with pytest.raises(UsageError, match="load the model with .*augment=True"):
         hub_model(np.zeros((64, 64, 3), np.uint8), augment=True)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from utils.files import increment_path
+from utils.log import LOGGER
 
 COST_KEYS = {"gflops": "GFLOPs", "params": "parameters (millions)", "cpu_ms": "CPU latency (ms, batch 1)"}
 _PLOT_SCALE = {"params": 1e-6}  # x-axis units of the frontier plot
@@ -405,6 +406,6 @@ def write_outputs(rows: Sequence[StudyRow], save_dir: Path) -> Path:
     plot_curves(rows, save_dir / "training_curves.png")
     text = "\n".join(lines)
     (save_dir / "summary.txt").write_text(text + "\n")
-    print(text)
-    print(f"Study results saved to {save_dir}")
+    LOGGER.info(text)
+    LOGGER.info(f"Study results saved to {save_dir}")
     return save_dir

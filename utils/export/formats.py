@@ -26,6 +26,7 @@ from torch import nn
 
 from utils.checkpoints import FORMAT, checkpoint_dict, save_atomic
 from utils.errors import UserError
+from utils.log import LOGGER
 
 
 class ExportError(UserError):
@@ -198,7 +199,7 @@ def export_pt(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOption
     ckpt.update(state_dict=dense, sparse_state_dict=sparse, encoding="bitmask+fp16" if sparse else "fp16")
     save_atomic(ckpt, file)
     size = file.stat().st_size
-    print(
+    LOGGER.info(
         f"PyTorch: dense fp16 checkpoint {dense_size / 1e6:.2f} MB; this file {size / 1e6:.2f} MB "
         f"({len(sparse)} tensors as bitmask + fp16 non-zero values, conv sparsity {100 * sparsity:.1f}%)"
     )
@@ -385,7 +386,7 @@ def check_export(row: ExportFormat, file: Path, model: nn.Module, opts: ExportOp
         y = load_backend(file, device)(x)  # .pt files load through the same interface as the exports
     diff = float((y.float() - ref.float()).abs().max())
     tol = (5e-3 if opts.half or row.flag == "pt" else 1e-3) * (1 + float(ref.abs().max()))
-    print(f"{row.name}: max abs difference vs PyTorch {diff:.2e} on {tuple(x.shape)} (tolerance {tol:.2g})")
+    LOGGER.info(f"{row.name}: max abs difference vs PyTorch {diff:.2e} on {tuple(x.shape)} (tolerance {tol:.2g})")
     if not diff <= tol:
         raise ExportError(f"output differs from PyTorch by {diff:.3g} (tolerance {tol:.3g})")
     return diff
@@ -412,7 +413,7 @@ def _check_nms(file: Path, x: torch.Tensor, ref: torch.Tensor, opts: ExportOptio
     if len(dets) != len(expect):
         raise ExportError(f"in-graph NMS kept {len(dets)} boxes, PyTorch + non_max_suppression {len(expect)}")
     diff = float((torch.from_numpy(dets) - expect).abs().max()) if len(dets) else 0.0
-    print(f"ONNX: {len(dets)} detections, max abs difference vs PyTorch + non_max_suppression {diff:.2e}")
+    LOGGER.info(f"ONNX: {len(dets)} detections, max abs difference vs PyTorch + non_max_suppression {diff:.2e}")
     if diff > 1e-2 * (1 + max(opts.imgsz)):
         raise ExportError(f"in-graph NMS boxes differ from PyTorch by {diff:.3g}")
     return diff
@@ -447,17 +448,19 @@ def export_formats(
                 mb = file_size_mb(file)
                 h, w = opts.imgsz
                 shapes = "dynamic shapes" if row_opts.dynamic else f"fixed input {opts.batch_size}x3x{h}x{w}"
-                print(f"{row.name}: export success ✅ {time.time() - t0:.1f}s, saved as {file} ({mb:.1f} MB, {shapes})")
+                LOGGER.info(
+                    f"{row.name}: export success ✅ {time.time() - t0:.1f}s, saved as {file} ({mb:.1f} MB, {shapes})"
+                )
                 if row.checked:
                     check_export(row, file, model, row_opts, device)
                 else:
-                    print(f"{row.name}: not compared with PyTorch (this toolkit has no {row.name} runtime)")
+                    LOGGER.info(f"{row.name}: not compared with PyTorch (this toolkit has no {row.name} runtime)")
                 done[row.flag] = file
                 continue
             except Exception as e:  # every format's failure is reported with its reason, none is dropped
                 lines = str(e).strip().splitlines()
                 reason = f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
-        print(f"{row.name}: export failure ❌ {reason}")
+        LOGGER.info(f"{row.name}: export failure ❌ {reason}")
         failed.append(f"{row.name} ({reason})")
     if failed:
         raise ExportError(f"export failed for {len(failed)} of {len(rows)} format(s): {'; '.join(failed)}")
