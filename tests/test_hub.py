@@ -173,8 +173,13 @@ def test_official_name_from_the_working_directory_or_offline_error(yolov5n_pt, t
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="yolov5s.pt: file not found and downloads are disabled"):
         torch.hub.load(str(REPO), "yolov5s", source="local", _verbose=False)
-    with pytest.raises(UsageError, match="classes=80"):
+    with pytest.raises(UsageError, match="classes=10, pretrained=True gives a model to train.*autoshape=False"):
         torch.hub.load(str(REPO), "yolov5n", source="local", classes=10)
+    trainable = torch.hub.load(str(REPO), "yolov5n", source="local", classes=10, autoshape=False, device="cpu")
+    assert "Transferred 342/349 items from yolov5n.pt" in capsys.readouterr().out  # not: 3 head convs, anchors
+    assert trainable.detect.nc == 10 and trainable(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 15
+    scratch = torch.hub.load(str(REPO), "yolov5s", source="local", pretrained=False, autoshape=False)
+    assert sum(p.numel() for p in scratch.parameters()) == 7235389  # upstream's yolov5s: 7,235,389 parameters
 
 
 def test_ensemble_tta_and_bare_model(yolov5n_pt, image, capsys):
