@@ -100,7 +100,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--close-mosaic", type=int, default=None, help="turn mosaic off for the last N epochs")
     p.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA (--no-amp: fp32)"
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mixed precision: fp16 on CUDA, bf16 on a CPU with AMX/AVX512-BF16 (--no-amp: fp32)",
     )
     p.add_argument("--prune", type=float, default=0.0, help="fine-tune a globally L1-pruned model of this sparsity")
     p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # old launchers

@@ -80,6 +80,14 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & set(flags)) and torch.backends.mkldnn.is_available()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision compute type for training on ``device``: fp16 on CUDA (with a GradScaler), bf16 on a CPU
+    with native bf16 (fp32's exponent range, so no loss scaling), else None (fp32: emulated bf16 is slower)."""
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
+
+
 def sync_time(device: torch.device | None = None) -> float:
     """``time.perf_counter`` after waiting for queued CUDA work, so timings measure the work itself."""
     if device is not None and device.type == "cuda":

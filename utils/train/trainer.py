@@ -26,6 +26,7 @@ from tqdm import tqdm
 from utils.checkpoints import save_atomic
 from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader, label_stats, make_loader
+from utils.devices import autocast_dtype
 from utils.evaluate import EvalOptions, evaluate
 from utils.log import LOGGER
 from utils.metrics import fitness
@@ -133,7 +134,7 @@ class TrainJob:
     batch_size: int  # total over all ranks
     start_epoch: int
     channels_last: bool
-    amp: bool
+    amp_dtype: torch.dtype | None  # autocast compute type (fp16 CUDA, bf16 CPU) or None for fp32
     scaler: torch.amp.GradScaler = field(init=False)
     nb: int = field(init=False)  # batches per epoch
     nw: int = field(init=False)  # warmup iterations
@@ -144,7 +145,7 @@ class TrainJob:
     loggers: TrainLoggers | None = None  # TensorBoard (rank 0, not while evolving)
 
     def __post_init__(self):
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs no scaling
         self.nb = len(self.train_loader)
         self.nw = warmup_iterations(self.hyp["warmup_epochs"], self.nb)
         self.maps = np.zeros(self.nc)
@@ -240,16 +241,23 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
         hyp, opt, device, save_dir, main, ws, plots, names, nc, model, ema, optimizer, scheduler, lf, dataset,
         train_loader, sampler, val_loader, YoloLoss(hyp_loss, det.anchors, det.stride, nc),
         EarlyStopping(opt.patience, best_fitness, best_epoch), gs, imgsz, imgsz_val, batch_size, start_epoch,
-        channels_last, amp=bool(opt.amp) and device.type == "cuda", accumulate=accumulate,
+        channels_last, amp_dtype=autocast_dtype(device) if opt.amp else None, accumulate=accumulate,
     )  # fmt: skip
     if main and not opt.evolve:
         job.loggers = TrainLoggers(save_dir)
     if main:
         LOGGER.info(
             f"Image sizes {imgsz} train, {imgsz_val} val\nUsing {train_loader.num_workers} dataloader workers\n"
+            f"{_precision_line(job.amp_dtype)}\n"
             f"Logging results to {save_dir}\nStarting training for {opt.epochs} epochs..."
         )
     return job
+
+
+def _precision_line(amp_dtype: torch.dtype | None) -> str:
+    if amp_dtype is None:
+        return "Precision: fp32"
+    return f"Precision: {str(amp_dtype).removeprefix('torch.')} autocast (--amp), fp32 master weights"
 
 
 def _make_loaders(data: dict, opt, hyp: dict, imgsz: int, imgsz_val: int, batch_size: int, gs: int, ws: int):
@@ -331,7 +339,7 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
 
 def _train_step(job: TrainJob, imgs: torch.Tensor, targets: torch.Tensor, ni: int) -> torch.Tensor:
     """Forward, backward and (every ``accumulate`` batches) an optimizer and EMA step; returns the loss items."""
-    with torch.autocast("cuda", enabled=job.amp):
+    with torch.autocast(job.device.type, job.amp_dtype or torch.float32, enabled=job.amp_dtype is not None):
         pred = job.model(imgs)
         loss, loss_items = job.compute_loss(pred, targets.to(job.device))
     loss = loss * job.ws * (4.0 if job.opt.quad else 1.0)  # DDP averages gradients over ranks; quad: 4 images each
