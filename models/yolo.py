@@ -252,15 +252,18 @@ def _parse_layers(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
     no = na * (nc + 5)
     symbols = {"nc": nc, "anchors": anchors, "None": None, "nearest": "nearest"}
+    source = f"{d['yaml_file']}: " if isinstance(d.get("yaml_file"), str) else ""  # errors name the YAML
 
     layers, save, c2 = [], [], ch[-1]
     for i, (f, n, name, args) in enumerate(d["backbone"] + d["head"]):
         if name not in LAYERS:
-            raise ModelConfigError(f"model layer {i}: unknown layer type {name!r}; known types: {', '.join(LAYERS)}")
+            raise ModelConfigError(
+                f"{source}model layer {i}: unknown layer type {name!r}; known types: {', '.join(LAYERS)}"
+            )
         m = LAYERS[name]
         # torch.nn layers and pluggable ones take plain strings (an interpolation mode, a torchvision model name)
         strict = not (name.startswith("nn.") or m is nn.Upsample or getattr(m, "yaml_string_args", False))
-        args = [_resolve_arg(a, symbols, f"model layer {i} ({name})", strict) for a in args]
+        args = [_resolve_arg(a, symbols, f"{source}model layer {i} ({name})", strict) for a in args]
         n = max(round(n * gd), 1) if n > 1 else n
         if m in _CONV_LIKE:
             c1, c2 = ch[f], args[0]
@@ -291,7 +294,7 @@ def _parse_layers(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         except (TypeError, ValueError) as e:
             if isinstance(e, UserError):
                 raise
-            raise ModelConfigError(f"model layer {i} ({name} {args}): {str(e).splitlines()[0]}") from None
+            raise ModelConfigError(f"{source}model layer {i} ({name} {args}): {str(e).splitlines()[0]}") from None
         module.i, module.f, module.type = i, f, name
         module.np = sum(p.numel() for p in module.parameters())
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)

@@ -139,6 +139,13 @@ def test_unknown_layer_lists_known_ones():
         parse_model(d, ch=[3])
 
 
+def test_unknown_layer_in_a_yaml_file_names_the_file(tmp_path):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("nc: 2\nanchors: 3\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]]\n  - [-1, 1, CBAM, [16]]\nhead: []\n")
+    with pytest.raises(UserError, match=r"^mine\.yaml: model layer 1: unknown layer type 'CBAM'; known types: Conv"):
+        DetectionModel(cfg)
+
+
 def test_yaml_strings_are_never_evaluated():
     d = {
         "nc": 1,
