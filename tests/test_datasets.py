@@ -102,6 +102,19 @@ def test_read_only_label_folder_costs_only_the_cache(tiny, capsys):
     assert "is not writeable, label cache not saved" in out and not (labels / "train.cache").exists()
 
 
+def test_missing_labels_folder_is_named_not_called_unwriteable(tiny, capsys):
+    shutil.rmtree(tiny / "labels")
+    scan = scan_labels(list_image_files(str(tiny / "images" / "train")), nc=2)
+    out = capsys.readouterr().out
+    assert len(scan.im_files) == 2 and scan.n_missing == 2 and scan.n_found == 0
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert warnings == [
+        f"WARNING ⚠️ labels folder {tiny / 'labels' / 'train'} does not exist: no labels for the images in "
+        f"{tiny / 'images' / 'train'} (YOLO labels go in a labels/ folder beside images/)"
+    ]
+    assert "writeable" not in out and not (tiny / "labels").exists()
+
+
 def test_data_yaml_resolution_and_errors(tiny, tmp_path):
     data = load_data_config(write_data_yaml(tiny, ["a", "b"]))
     assert data["nc"] == 2 and data["names"] == {0: "a", 1: "b"}
