@@ -25,7 +25,7 @@ from utils.inference.backends import (
     decode_metadata,
     load_backend,
 )
-from utils.inference.loader import load_inference_model
+from utils.inference.loader import InferenceOptions, load_inference_model
 from utils.nms import non_max_suppression
 
 CPU = torch.device("cpu")
@@ -176,3 +176,10 @@ def test_cpu_half_runs_every_pytorch_member_in_bf16_with_fp32_boxes(yolov5n_pt, 
     box_err = (d_ref[:, :4] - d_bf16[:, :4]).abs()
     assert box_err.mean() < 0.3 and box_err.max() < 3.2  # pixels at 320; decoded in bf16 they moved 5+ px
     assert (d_ref[:, 4] - d_bf16[:, 4]).abs().max() < 0.05
+
+
+def test_inference_options_from_flat_keywords():
+    opts = InferenceOptions.from_kwargs(augment=True, ensemble_mode="wbf", prune=0.3, imgsz=320)
+    assert (opts.augment, opts.ensemble_mode, opts.prune, opts.imgsz, opts.half) == (True, "wbf", 0.3, 320, False)
+    with pytest.raises(TypeError, match=r"\['tta_scale'\]"):
+        InferenceOptions.from_kwargs(tta_scale=[1.0])  # a typo is named, never ignored

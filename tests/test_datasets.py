@@ -13,7 +13,7 @@ from tests.conftest import copy_coco_subset, write_data_yaml
 from utils.data.augment import letterbox
 from utils.data.dataset_config import DatasetError, img2label_path, list_image_files, load_data_config
 from utils.data.datasets import YoloDataset, create_dataloader, rect_batch_shapes
-from utils.data.labels import cache_path_for, scan_labels, verify_image_label
+from utils.data.labels import cache_path_for, scan_labels, verify_image_label, write_yolo_labels
 
 
 @pytest.fixture()
@@ -175,3 +175,13 @@ def test_single_cls_and_bad_dataset_in_yoloDataset(tiny):
     (tiny / "images" / "train").mkdir()
     with pytest.raises(DatasetError, match="no images found"):
         YoloDataset(str(tiny / "images" / "train"), nc=2)
+
+
+def test_write_yolo_labels_known_answer(tmp_path):
+    """xyxy pixels of a 100x200 (h, w) image -> ``cls x y w h [conf]`` normalised, appended, ``%g`` numbers."""
+    det = torch.tensor([[10.0, 20.0, 30.0, 60.0, 0.9, 2.0], [0.0, 0.0, 200.0, 100.0, 0.25, 0.0]])
+    file = tmp_path / "a.txt"
+    write_yolo_labels(det, (100, 200, 3), file, save_conf=True)
+    assert file.read_text().splitlines() == ["2 0.1 0.4 0.1 0.4 0.9", "0 0.5 0.5 1 1 0.25"]
+    write_yolo_labels(det[:1].half(), (100, 200), file)  # appends; fp16 detections are written as fp32
+    assert file.read_text().splitlines()[-1] == "2 0.1 0.4 0.1 0.4"
