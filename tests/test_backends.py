@@ -25,7 +25,7 @@ from utils.inference.backends import (
     decode_metadata,
     load_backend,
 )
-from utils.inference.loader import load_inference_model
+from utils.inference.loader import InferenceOptions, load_inference_model
 from utils.nms import non_max_suppression
 
 CPU = torch.device("cpu")
@@ -191,3 +191,10 @@ def test_large_batches_run_in_chunks_with_the_same_candidates(yolov5n_pt, monkey
         single = torch.cat([real(x[i : i + 1]) for i in range(10)])
     assert calls == [4, 4, 2] and y.shape == single.shape == (10, 378, 85)
     torch.testing.assert_close(y, single, atol=1e-4, rtol=1e-4)
+
+
+def test_inference_options_from_flat_keywords():
+    opts = InferenceOptions.from_kwargs(augment=True, ensemble_mode="wbf", prune=0.3, imgsz=320)
+    assert (opts.augment, opts.ensemble_mode, opts.prune, opts.imgsz, opts.half) == (True, "wbf", 0.3, 320, False)
+    with pytest.raises(TypeError, match=r"\['tta_scale'\]"):
+        InferenceOptions.from_kwargs(tta_scale=[1.0])  # a typo is named, never ignored
