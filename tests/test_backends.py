@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -198,3 +201,29 @@ def test_inference_options_from_flat_keywords():
     assert (opts.augment, opts.ensemble_mode, opts.prune, opts.imgsz, opts.half) == (True, "wbf", 0.3, 320, False)
     with pytest.raises(TypeError, match=r"\['tta_scale'\]"):
         InferenceOptions.from_kwargs(tta_scale=[1.0])  # a typo is named, never ignored
+
+
+def test_exported_only_models_run_torch_on_one_thread(onnx_files, yolov5n_pt):
+    """ONNX Runtime / OpenVINO get the cores; torch's pre/post-processing uses one thread meanwhile, then it is back."""
+    cpu, n = torch.device("cpu"), torch.get_num_threads()
+    exported = load_inference_model([str(onnx_files["dynamic"]), str(onnx_files["openvino"])], cpu, imgsz=64)
+    mixed = load_inference_model([str(onnx_files["dynamic"]), str(yolov5n_pt)], cpu, imgsz=64)
+    with exported.runtime_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == n
+    with mixed.runtime_threads():
+        assert torch.get_num_threads() == n
+
+
+def test_importing_the_toolkit_sets_no_thread_policy():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, utils, val; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "None", out.stderr
