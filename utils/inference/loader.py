@@ -203,9 +203,24 @@ def load_inference_model(
         if isinstance(m, PyTorchBackend):
             m.autocast_dtype = cpu_dtype
     if opts.augment:
-        from utils.inference.tta import TTA
-
-        levels = {m.nl for m in members}
-        net = TTA(net, opts.tta_scales, opts.tta_flips, stride, nl=levels.pop() if len(levels) == 1 else None)
+        net = _with_tta(net, opts, stride)
     names = members[0].names
     return InferenceModel(net, names, max(stride, 32), paths, half, ensemble, fixed)
+
+
+def _with_tta(net: nn.Module, opts: InferenceOptions, stride: int) -> nn.Module:
+    """Wrap ``net`` in TTA; an Ensemble gets one TTA per member, inside the merge.
+
+    TTA drops the coarsest-level tail of its first pass and the finest-level tail of its last pass, which only
+    makes sense on one model's output layout: around an ``nms`` Ensemble (members' candidates concatenated) it
+    would cut into the wrong member's rows. Each member runs its own TTA, at the ensemble's stride so that every
+    member sees the same padded shapes (``mean``/``max`` need identical layouts), and the ensemble merges the
+    augmented outputs, as YOLOv5 does.
+    """
+    from utils.inference.tta import TTA
+
+    if not isinstance(net, Ensemble):
+        return TTA(net, opts.tta_scales, opts.tta_flips, stride, nl=net.nl)
+    for i, m in enumerate(net):
+        net[i] = TTA(m, opts.tta_scales, opts.tta_flips, stride, nl=m.nl)
+    return net
