@@ -147,6 +147,9 @@ def run(
     ensemble_mode: str = "nms",
     prune: float = 0.0,
     prune_exclude: list[str] | None = None,
+    prune_channels: float = 0.0,
+    prune_method: str = "l1",
+    prune_global: bool = False,
     verbose: bool = False,
 ) -> Path:
     """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder."""
@@ -168,6 +171,9 @@ def run(
         prune_exclude=prune_exclude,
         verbose=verbose,
         imgsz=imgsz,
+        prune_channels=prune_channels,
+        prune_method=prune_method,
+        prune_global=prune_global,
     )
     names, stride = model.names, model.max_stride
     imgsz = check_img_size(imgsz, stride)

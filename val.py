@@ -89,6 +89,9 @@ def run(
     ensemble_mode: str = "nms",
     prune: float = 0.0,
     prune_exclude: list[str] | None = None,
+    prune_channels: float = 0.0,
+    prune_method: str = "l1",
+    prune_global: bool = False,
 ):
     """Evaluate ``weights`` on the ``task`` split of ``data``; returns ``(EvalResult, maps, save_dir)``."""
     if task == "speed":
@@ -109,6 +112,9 @@ def run(
         prune_exclude=prune_exclude,
         verbose=verbose,
         imgsz=imgsz,
+        prune_channels=prune_channels,
+        prune_method=prune_method,
+        prune_global=prune_global,
     )
     half = model.half_precision
     data = load_data_config(data, require=("val" if task == "speed" else task,))

@@ -86,6 +86,18 @@ def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[
     return h, w
 
 
+def _channel_prune_member(
+    model: nn.Module, ratio: float, method: str, global_pruning: bool, fuse: bool, verbose: bool
+) -> None:
+    """Channel-prune an unfused member (BatchNorm weights take part in the ranking), then fuse it."""
+    from utils.inference.channel_prune import channel_prune
+
+    channel_prune(model, ratio, method, global_pruning, verbose=verbose)
+    if fuse:
+        model.fuse(verbose=False)
+    model.to(memory_format=torch.channels_last)
+
+
 def load_inference_model(
     weights: list[str] | str,
     device: torch.device,
@@ -99,11 +111,16 @@ def load_inference_model(
     verbose: bool = False,
     imgsz: int = 640,
     fuse: bool = True,
+    prune_channels: float = 0.0,
+    prune_method: str = "l1",
+    prune_global: bool = False,
 ) -> InferenceModel:
     """Load one or several weights of any format into an ``InferenceModel``; prints the summary line(s).
 
-    Raises ``UsageError`` for flags an exported member cannot honour (``--prune``; ``--augment`` with a fixed-shape
-    export; an ``--imgsz`` other than a fixed export's) instead of dropping that member or the flag.
+    ``prune_channels`` removes that fraction of channels from every PyTorch member before it is fused (see
+    ``utils.inference.channel_prune``). Raises ``UsageError`` for flags an exported member cannot honour
+    (``--prune``, ``--prune-channels``; ``--augment`` with a fixed-shape export; an ``--imgsz`` other than a fixed
+    export's) instead of dropping that member or the flag.
     """
     paths = [str(p) for p in ([weights] if isinstance(weights, (str, Path)) else list(weights))]
     if not paths:
@@ -115,11 +132,14 @@ def load_inference_model(
         print("Fusing layers... ") if fuse else None
     members: list[Backend] = []
     for p in paths:
-        m = load_backend(p, device, fuse=fuse)
+        m = load_backend(p, device, fuse=fuse and not prune_channels)
         if isinstance(m, PyTorchBackend):
+            if prune_channels:
+                _channel_prune_member(m.model, prune_channels, prune_method, prune_global, fuse, verbose)
             print(model_summary(m.model, imgsz))
-        elif prune:
-            raise UsageError(f"--prune: {p} is an exported model; prune at export (export.py --prune) instead")
+        elif prune or prune_channels:
+            flag = "--prune" if prune else "--prune-channels"
+            raise UsageError(f"{flag}: {p} is an exported model; prune at export (export.py {flag}) instead")
         members.append(m)
     fixed = _fixed_input(members, paths, imgsz)
     if augment and fixed is not None:
