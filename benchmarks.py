@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import val as validate
@@ -25,6 +26,7 @@ from utils.devices import select_device
 from utils.errors import UserError
 from utils.export.formats import (
     FORMATS,
+    HALF_NEEDS_CUDA,
     ExportError,
     ExportOptions,
     export_formats,
@@ -34,10 +36,13 @@ from utils.export.formats import (
     missing_requirement,
 )
 from utils.files import increment_path
+from utils.log import LOGGER
 from utils.options import (
     CHANNEL_PRUNE_METHODS,
+    ENSEMBLE_MODES,
     OPTIMIZERS,
     UsageError,
+    add_shared,
     data_options,
     device_options,
     image_size_options,
@@ -64,17 +69,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         output_options("runs/benchmarks"),
     ]
     p = argparse.ArgumentParser(description="Benchmark export formats (size, mAP, speed)", parents=parents)
-    p.add_argument(
-        "--batch-size", type=int, default=None, help="batch size of the exports and of validation (1; --study: 16)"
-    )
-    p.add_argument("--include", nargs="*", default=list(DEFAULT_FORMATS), help="export formats (none: PyTorch only)")
-    p.add_argument(
-        "--dynamic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="dynamic export shapes (default: each format's own, as in export.py: ONNX/OpenVINO dynamic)",
-    )
-    p.add_argument("--workers", type=int, default=8, help="max dataloader workers")
+    add_shared(p, "--batch-size", help="batch size of the exports and of validation (1; --study: 16)")
+    add_shared(p, "--include", nargs="*", default=list(DEFAULT_FORMATS), help="export formats (none: PyTorch only)")
+    add_shared(p, "--dynamic")
+    add_shared(p, "--workers")
     p.add_argument(
         "--hard-fail",
         nargs="?",
@@ -85,7 +83,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--prune", nargs="*", type=float, default=[], help="sparsity sweep: pruned PyTorch rows")
     p.add_argument("--prune-exclude", nargs="*", default=[], help="module prefixes kept dense when pruning")
-    p.add_argument("--ensemble-mode", choices=("nms", "mean", "max"), default="nms", help="merge of several weights")
+    exportable = [m for m in ENSEMBLE_MODES if m != "wbf"]  # wbf's per-member NMS runs in Python: not exportable
+    p.add_argument("--ensemble-mode", choices=exportable, default="nms", help="merge of several weights")
     p.add_argument(
         "--prune-channels",
         nargs="*",
@@ -122,11 +121,17 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
 
 
+def _warn_fp32_exports(dev) -> None:
+    LOGGER.warning(
+        f"WARNING ⚠️ --half: fp16 {'/'.join(HALF_NEEDS_CUDA)} exports need CUDA; exporting them in fp32 on {dev}"
+    )
+
+
 def print_table(rows: list[dict]) -> None:
     widths = [max(len(c), *(len("-" if r[c] is None else str(r[c])) for r in rows)) for c in COLUMNS]
-    print("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+    LOGGER.info("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
     for r in rows:
-        print("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
+        LOGGER.info("  ".join(("-" if r[c] is None else str(r[c])).ljust(w) for c, w in zip(COLUMNS, widths)))
 
 
 def run(
@@ -165,22 +170,18 @@ def run(
     """
     paths = [str(weights)] if isinstance(weights, (str, Path)) else [str(w) for w in weights]
     if prune_channels:
-        from utils.prune_sweep import run_channel_sweep
-
-        if len(paths) != 1:
-            raise UsageError("--prune-channels: the sweep takes one --weights file")
         save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-        return run_channel_sweep(paths[0], data, list(prune_channels), save_dir, prune_method, imgsz=imgsz,
-                                 epochs=epochs, finetune_imgsz=finetune_imgsz, unstructured=prune or (0.1, 0.2, 0.3),
-                                 workers=workers)  # fmt: skip
+        sweep = dict(method=prune_method, imgsz=imgsz, epochs=epochs, finetune_imgsz=finetune_imgsz, workers=workers)
+        return _channel_sweep(paths, data, list(prune_channels), list(prune) or [0.1, 0.2, 0.3], save_dir, sweep)
     if study:
+        import train
         from utils.study import run_study
 
         recipe = {k: v for k, v in (("hyp", hyp), ("optimizer", optimizer), ("nbs", nbs)) if v is not None}
         return run_study(
             cfgs=cfgs, weights=paths, ensembles=ensembles, data=data, imgsz=imgsz, epochs=epochs,
             batch_size=batch_size or 16, device=device, project=project, name=name, exist_ok=exist_ok,
-            workers=workers, train_kwargs=recipe,
+            workers=workers, train_kwargs=recipe, train_fn=train.run, val_fn=validate.run,
         )  # fmt: skip
     batch_size = batch_size or 1
     paths = paths or ["yolov5s.pt"]
@@ -203,17 +204,23 @@ def run(
     rows = [validate_row("PyTorch", paths, sum(file_size_mb(Path(p)) for p in paths))]
     opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, half=half, dynamic=dynamic, source=str(paths[0]))
     model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
+    if half and dev.type != "cuda" and any(f.flag in HALF_NEEDS_CUDA for f in rows_to_run):
+        _warn_fp32_exports(dev)
     for fmt in rows_to_run:
         reason = missing_requirement(fmt, dev)
         if reason:
             rows.append(_row(fmt.name, None, status=f"skipped: {reason}"))
             continue
+        fp16 = half and (dev.type == "cuda" or fmt.flag not in HALF_NEEDS_CUDA)
         try:
             if model is None:
                 model = load_export_model(paths, dev, ensemble_mode=ensemble_mode)
-            file = export_formats(model, [fmt.flag], save_dir / stem, opts, dev)[fmt.flag]
+            file = export_formats(model, [fmt.flag], save_dir / stem, replace(opts, half=fp16), dev)[fmt.flag]
         except Exception as e:
             rows.append(_row(fmt.name, None, status=f"❌ export: {_reason(e)}"))
+            continue
+        if not fmt.checked:  # exported, but this toolkit has no runtime for it: nothing to validate, no failure
+            rows.append(_row(fmt.name, file_size_mb(file), status=f"⚠️ exported, not validated (no {fmt.name} backend)"))
             continue
         rows.append(validate_row(fmt.name, [str(file)], file_size_mb(file)))
     for sparsity in prune:
@@ -235,10 +242,22 @@ def run(
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\nResults saved to {csv_file}")
+    LOGGER.info(f"\nResults saved to {csv_file}")
     if hard_fail is not None:
         _hard_fail(rows, hard_fail)
     return rows
+
+
+def _channel_sweep(paths: list[str], data: str, ratios: list[float], unstructured: list[float], save_dir: Path,
+                   sweep: dict) -> list[dict]:  # fmt: skip
+    import export
+    import train
+    from utils.prune_sweep import run_channel_sweep
+
+    if len(paths) != 1:
+        raise UsageError("--prune-channels: the sweep takes one --weights file")
+    fns = dict(train_fn=train.run, val_fn=validate.run, export_fn=export.run)
+    return run_channel_sweep(paths[0], data, ratios, save_dir, unstructured=unstructured, **fns, **sweep)
 
 
 def _hard_fail(rows: list[dict], floor: float) -> None:

@@ -8,21 +8,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
-
-from utils.boxes import scale_boxes_to_original, xyxy2xywh
-from utils.devices import Profile, select_device
-from utils.files import increment_path
-from utils.inference.loader import load_inference_model
-from utils.nms import non_max_suppression
+from utils.devices import print_speed, select_device
+from utils.files import increment_path, print_labels_saved
+from utils.inference.loader import InferenceOptions, load_inference_model
+from utils.inference.predict import PredictOptions, make_source, predict
+from utils.log import LOGGER
 from utils.options import (
     REPO_ROOT,
+    add_shared,
     check_img_size,
     device_options,
     image_size_options,
@@ -33,9 +29,6 @@ from utils.options import (
     threshold_options,
     weights_options,
 )
-
-if TYPE_CHECKING:  # torch is imported where used: utils (imported first) sets OMP_WAIT_POLICY before it loads
-    import torch
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,8 +48,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         help="file, folder, glob, .txt list, video, webcam index (0), stream URL or .streams list",
     )
     p.add_argument("--view-img", action="store_true", help="show results in a window")
-    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
-    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    add_shared(p, "--save-txt", "--save-conf")
     p.add_argument("--save-crop", action="store_true", help="save cropped prediction boxes")
     p.add_argument("--nosave", action="store_true", help="do not save images/videos")
     p.add_argument("--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")
@@ -68,54 +60,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="per-member ensemble timings, per-layer prune table")
     p.set_defaults(max_det=1000)
     return p.parse_args(argv)
-
-
-def describe(det: torch.Tensor, names: dict[int, str]) -> str:
-    """``2 persons, 1 tie`` for a Tensor[n, 6] of detections (``(no detections)`` when empty)."""
-    if not len(det):
-        return "(no detections)"
-    classes, counts = det[:, 5].unique(return_counts=True)
-    return ", ".join(f"{n} {names[int(c)]}{'s' * (n > 1)}" for c, n in zip(classes.tolist(), counts.tolist()))
-
-
-class _VideoSink:
-    """One cv2.VideoWriter per output path, reopened when the source changes."""
-
-    def __init__(self):
-        self.path, self.writer = None, None
-
-    def write(self, path: Path, frame: np.ndarray, cap) -> None:
-        if self.path != path:
-            self.close()
-            fps = cap.get(cv2.CAP_PROP_FPS) if cap is not None else 30
-            h, w = frame.shape[:2]
-            self.path = path.with_suffix(".mp4")
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), fps or 30, (w, h))
-        self.writer.write(frame)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-        self.path, self.writer = None, None
-
-
-def _save_txt(det: torch.Tensor, shape0: tuple[int, ...], file: Path, save_conf: bool) -> None:
-    import torch
-
-    gn = torch.tensor(shape0)[[1, 0, 1, 0]]
-    with open(file, "a", encoding="utf-8") as f:
-        for *xyxy, conf, cls in det.tolist():
-            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
-            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-            f.write(("%g " * len(line)).rstrip() % line + "\n")
-
-
-def _make_source(source: str, imgsz: int, stride: int, auto: bool, vid_stride: int):
-    from utils.data.sources import LoadImages, LoadStreams, classify_source
-
-    if classify_source(source) == "stream":
-        return LoadStreams(source, img_size=imgsz, stride=stride, auto=auto, vid_stride=vid_stride), True
-    return LoadImages(source, img_size=imgsz, stride=stride, auto=auto, vid_stride=vid_stride, skip_corrupt=True), False
 
 
 def run(
@@ -142,102 +86,32 @@ def run(
     hide_conf: bool = False,
     half: bool = False,
     vid_stride: int = 1,
-    tta_scales: list[float] | None = None,
-    tta_flips: list[str] | None = None,
-    ensemble_mode: str = "nms",
-    prune: float = 0.0,
-    prune_exclude: list[str] | None = None,
-    prune_channels: float = 0.0,
-    prune_method: str = "l1",
-    prune_global: bool = False,
     verbose: bool = False,
+    **inference,
 ) -> Path:
-    """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder."""
-    import torch
+    """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder.
 
-    from utils.plots import Annotator, colors, save_one_box
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    ``inference``: the other ``InferenceOptions`` keywords (``tta_scales, tta_flips, ensemble_mode, prune,
+    prune_exclude, prune_channels, prune_method, prune_global``), as the flags of the same names.
+    """
     device = select_device(device)
-    model = load_inference_model(
-        weights,
-        device,
-        half=half,
-        augment=augment,
-        tta_scales=tta_scales,
-        tta_flips=tta_flips,
-        ensemble_mode=ensemble_mode,
-        prune=prune,
-        prune_exclude=prune_exclude,
-        verbose=verbose,
-        imgsz=imgsz,
-        prune_channels=prune_channels,
-        prune_method=prune_method,
-        prune_global=prune_global,
-    )
-    names, stride = model.names, model.max_stride
-    imgsz = check_img_size(imgsz, stride)
-    dataset, is_stream = _make_source(str(source), imgsz, stride, model.supports_rect, vid_stride)
+    inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)
+    model = load_inference_model(weights, device, inference)
+    imgsz = check_img_size(imgsz, model.max_stride)
+    dataset, is_stream = make_source(str(source), imgsz, model.max_stride, model.supports_rect, vid_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
-    if save_txt:
-        (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    dt = Profile(device), Profile(device), Profile(device)
-    sinks: dict[int, _VideoSink] = {}
-    seen, shape = 0, None
-    for path, im, im0s, cap, s in dataset:
-        with dt[0]:
-            x = torch.from_numpy(im).to(device)
-            x = (x.half() if model.half_precision else x.float()) / 255
-            if x.ndim == 3:
-                x = x[None]
-            shape = tuple(x.shape)
-        with dt[1], torch.inference_mode():
-            pred = model(x)
-        with dt[2]:
-            pred = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
-        for i, det in enumerate(pred):
-            seen += 1
-            if is_stream:
-                p, im0, line = Path(path[i]), im0s[i].copy(), f"{i}: "
-                frame = dataset.count
-            else:
-                p, im0, line = Path(path), im0s.copy(), s
-                frame = getattr(dataset, "frame", 0)
-            det = det.detach().cpu().float()
-            scale_boxes_to_original(x.shape[2:], det[:, :4], im0.shape[:2])
-            line += f"{x.shape[2]}x{x.shape[3]} {describe(det, names)}, {dt[1].dt * 1e3:.1f}ms"
-            print(line)
-            stem = p.stem if (cap is None and not is_stream) else f"{p.stem}_{frame}"
-            if save_txt and len(det):  # like YOLOv5: no file for an image without detections
-                _save_txt(det, im0.shape, save_dir / "labels" / f"{stem}.txt", save_conf)
-            annotator = Annotator(im0, line_width=line_thickness)
-            for *xyxy, conf, cls in det.tolist():
-                c = int(cls)
-                label = None if hide_labels else (names[c] if hide_conf else f"{names[c]} {conf:.2f}")
-                if not nosave or view_img:
-                    annotator.box_label(xyxy, label or "", color=colors(c, bgr=True))
-                if save_crop:
-                    save_one_box(xyxy, im0s[i] if is_stream else im0s, save_dir / "crops" / names[c] / f"{p.stem}.jpg")
-            im0 = annotator.result()
-            if view_img:
-                cv2.imshow(str(p), im0)
-                cv2.waitKey(1)
-            if not nosave:
-                if cap is None and not is_stream:
-                    cv2.imwrite(str(save_dir / p.name), im0)
-                else:
-                    sinks.setdefault(i, _VideoSink()).write(save_dir / p.stem, im0, cap)
-    for sink in sinks.values():
-        sink.close()
-    if seen:
-        t = tuple(x.t / seen * 1e3 for x in dt)
-        print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % t)
+    opts = PredictOptions(
+        conf_thres, iou_thres, classes, agnostic_nms, max_det, view_img, save_txt, save_conf, save_crop, nosave,
+        line_thickness, hide_labels, hide_conf,
+    )  # fmt: skip
+    result = predict(model, dataset, is_stream, save_dir, opts, device)
+    if result.seen:
+        print_speed(result.speed_ms, result.shape)
     if model.member_times is not None and verbose:
-        model.print_member_times(seen)
+        model.print_member_times(result.seen)
     if save_txt:
-        n = len(list((save_dir / "labels").glob("*.txt")))
-        print(f"{n} labels saved to {save_dir / 'labels'}")
-    print(f"Results saved to {save_dir}")
+        print_labels_saved(save_dir / "labels")
+    LOGGER.info(f"Results saved to {save_dir}")
     return save_dir
 
 

@@ -19,9 +19,19 @@ import sys
 from pathlib import Path
 
 from utils.devices import select_device
-from utils.export.formats import FORMATS, ExportError, ExportOptions, export_formats, format_row, load_export_model
+from utils.export.formats import (
+    FORMATS,
+    HALF_NEEDS_CUDA,
+    ExportError,
+    ExportOptions,
+    export_formats,
+    format_row,
+    load_export_model,
+)
+from utils.log import LOGGER
 from utils.options import (
     UsageError,
+    add_shared,
     device_options,
     inference_options,
     print_args,
@@ -30,28 +40,15 @@ from utils.options import (
     weights_options,
 )
 
-HALF_NEEDS_CUDA = ("torchscript", "onnx", "engine")
-
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     parents = [weights_options("yolov5s.pt"), device_options(), threshold_options(0.25, 0.45), inference_options()]
     p = argparse.ArgumentParser(description="Export YOLOv5-style detection weights", parents=parents)
     # export takes one or two sizes (height, width), unlike the single --imgsz of val.py and detect.py
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640], help="image (h, w)")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size of the exported input")
-    p.add_argument(
-        "--include",
-        nargs="+",
-        default=["torchscript"],
-        help=f"formats: {', '.join(r.flag for r in FORMATS)}",
-    )
-    p.add_argument(
-        "--dynamic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="dynamic batch and image size (default: on for ONNX/OpenVINO, which then take val/detect's rectangular "
-        "batches and give PyTorch's numbers; off for TensorRT/CoreML/TFLite); --no-dynamic: fixed --imgsz/--batch-size",
-    )
+    add_shared(p, "--batch-size", default=1, help="batch size of the exported input")
+    add_shared(p, "--include", default=["torchscript"], help=f"formats: {', '.join(r.flag for r in FORMATS)}")
+    add_shared(p, "--dynamic")
     p.add_argument("--simplify", action="store_true", help="ONNX: optimise the graph with onnxslim")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--nms", action="store_true", help="ONNX: append NMS; output [N, 7] (image, xyxy, conf, cls)")
@@ -133,7 +130,7 @@ def run(
         prune=prune,
         source=str(source),
     )
-    print(f"\nStarting export of {', '.join(map(str, paths))} at {h}x{w}, batch {batch_size}...")
+    LOGGER.info(f"\nStarting export of {', '.join(map(str, paths))} at {h}x{w}, batch {batch_size}...")
     done = {}
     if keep_bn:
         done = export_formats(model, ["pt"], out_dir / stem, opts, dev, source=source)
@@ -141,7 +138,7 @@ def run(
     rest = [f for f in include if not (keep_bn and f == "pt")]
     if rest:
         done.update(export_formats(model, rest, out_dir / stem, opts, dev, source=source))
-    print(f"\nExport complete: {', '.join(str(f) for f in done.values())}")
+    LOGGER.info(f"\nExport complete: {', '.join(str(f) for f in done.values())}")
     return done
 
 

@@ -15,11 +15,18 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
-from utils.options import OPTIMIZERS, channel_prune_options, data_options, output_options, print_args, run_cli
+from utils.options import (
+    OPTIMIZERS,
+    add_shared,
+    channel_prune_options,
+    data_options,
+    output_options,
+    print_args,
+    run_cli,
+)
 
 # ``python train.py`` with no --data: a job that needs no download and no GPU. A YOLOv5n from scratch on the
 # synthetic shapes dataset, trained at 192 px and validated at the dataset's native 256 px, with AdamW and an
@@ -73,7 +80,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", type=str, default=None, help="model.yaml path or name, e.g. yolov5n.yaml")
     p.add_argument("--hyp", type=str, default=None, help="hyperparameters path (default hyp.scratch-low.yaml)")
     p.add_argument("--epochs", type=int, default=None, help="total training epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="total batch size for all GPUs, -1 for AutoBatch")
+    add_shared(p, "--batch-size", help="total batch size for all GPUs, -1 for AutoBatch")
     p.add_argument("--rect", action="store_true", help="rectangular training")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest run, or the given last.pt")
     p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
@@ -91,7 +98,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         "--nbs", type=int, default=None, help="nominal batch size: gradients accumulate until a step has seen this many"
     )
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode on CUDA")
-    p.add_argument("--workers", type=int, default=8, help="max dataloader workers (per RANK in DDP mode)")
+    add_shared(p, "--workers", help="max dataloader workers (per RANK in DDP mode)")
     p.add_argument("--quad", action="store_true", help="quad dataloader")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
@@ -101,7 +108,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="global training seed")
     p.add_argument("--close-mosaic", type=int, default=None, help="turn mosaic off for the last N epochs")
     p.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=True, help="mixed precision on CUDA (--no-amp: fp32)"
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="mixed precision: fp16 on CUDA, bf16 on a CPU with AMX/AVX512-BF16 (--no-amp: fp32)",
     )
     p.add_argument("--prune", type=float, default=0.0, help="fine-tune a globally L1-pruned model of this sparsity")
     p.add_argument("--local-rank", "--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # old launchers
@@ -126,13 +136,13 @@ def run(**kwargs) -> Path:
 def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
     from utils.devices import select_device
     from utils.files import increment_path
+    from utils.log import quiet
     from utils.train import dist
     from utils.train.hyps import load_hyp
     from utils.train.setup import resolve_options
     from utils.train.trainer import train
 
-    quiet = contextlib.nullcontext() if dist.is_main_process() else contextlib.redirect_stdout(None)
-    with quiet:  # only rank 0 logs
+    with quiet(not dist.is_main_process()):  # only rank 0 logs (other ranks' warnings still show)
         opt = resolve_options(opt, vars(parse_opt([])), SHAPES_JOB, YOLOV5_JOB)
         print_args("train", vars(opt))
         device = dist.init_distributed(select_device(opt.device, max(opt.batch_size, 0)))

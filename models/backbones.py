@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.log import LOGGER
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,7 +133,7 @@ def load_pretrained(net: nn.Module, arch: str) -> bool:
     if not file.is_file():
         if arch not in _reported_missing:
             _reported_missing.add(arch)
-            print(
+            LOGGER.info(
                 f"TorchvisionBackbone: pretrained {arch} weights not found at {file} (never downloaded); "
                 "random init, so training starts from scratch"
             )

@@ -20,6 +20,7 @@ from utils.boxes import xyxy2xywh
 from utils.devices import sync_time
 from utils.errors import UserError
 from utils.nms import non_max_suppression
+from utils.options import ENSEMBLE_MODES
 
 
 class EnsembleError(UserError):
@@ -31,8 +32,8 @@ class Ensemble(nn.ModuleList):
 
     def __init__(self, members: list[nn.Module], mode: str = "nms", paths: list[str] | None = None):
         super().__init__(members)
-        if mode not in ("nms", "mean", "max", "wbf"):
-            raise EnsembleError(f"--ensemble-mode {mode}: expected one of nms, mean, max, wbf")
+        if mode not in ENSEMBLE_MODES:
+            raise EnsembleError(f"--ensemble-mode {mode}: expected one of {', '.join(ENSEMBLE_MODES)}")
         self.mode = mode
         self.paths = paths or [f"member{i}" for i in range(len(members))]
         first = list(members[0].names.values())

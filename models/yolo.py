@@ -14,6 +14,7 @@ from torch import nn
 
 from models.backbones import Take, TorchvisionBackbone
 from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
+from utils.log import LOGGER
 
 CFG_DIR = Path(__file__).resolve().parent
 
@@ -45,11 +46,10 @@ class Detect(nn.Module):
         key = (i, nx, ny, like.device, like.dtype)
         cached = self._grid_cache.get(key)
         if cached is None:
-            yv, xv = torch.meshgrid(
-                torch.arange(ny, device=like.device, dtype=like.dtype),
-                torch.arange(nx, device=like.device, dtype=like.dtype),
-                indexing="ij",
-            )
+            # Cell indices from ones_like(...).cumsum rather than torch.arange: a traced arange records the trace's
+            # device as a constant (a TorchScript file would stay pinned to it), and ONNX Range has no float16.
+            # Counting in fp32 is exact to 2**24 cells; the result is cast to the input's dtype.
+            yv, xv = torch.meshgrid(_cell_index(like[0, 0, :, 0, 0]), _cell_index(like[0, 0, 0, :, 0]), indexing="ij")
             grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2) - 0.5
             anchor_grid = (self.anchors[i] * self.stride[i]).to(like.dtype).view(1, self.na, 1, 1, 2)
             cached = grid, anchor_grid
@@ -64,8 +64,10 @@ class Detect(nn.Module):
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:
-                grid, anchor_grid = self._grids(i, nx, ny, x[i])
-                xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                # bf16 (CPU autocast) keeps 8 mantissa bits: decoded 640-px boxes would move by up to 4 px
+                p = x[i].float() if x[i].dtype == torch.bfloat16 else x[i]
+                grid, anchor_grid = self._grids(i, nx, ny, p)
+                xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
                 xy = (xy * 2 + grid) * self.stride[i]
                 wh = (wh * 2) ** 2 * anchor_grid
                 z.append(torch.cat((xy, wh, conf), 4).view(bs, -1, self.no))
@@ -76,6 +78,11 @@ class Detect(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         self._grid_cache = {}  # device/dtype moves invalidate cached grids
         return super()._apply(fn, *args, **kwargs)
+
+
+def _cell_index(v: torch.Tensor) -> torch.Tensor:
+    """0, 1, ..., len(v) - 1 with ``v``'s device and dtype, traced without device or size constants."""
+    return (torch.ones_like(v, dtype=torch.float32).cumsum(0) - 1).to(v.dtype)
 
 
 # The registry of layer types a model YAML may name. Anything else is an error that lists these.
@@ -252,7 +259,7 @@ class DetectionModel(nn.Module):
     def fuse(self, verbose: bool = True) -> DetectionModel:
         """Fold every BatchNorm into its conv for faster inference."""
         if verbose:
-            print("Fusing layers... ")
+            LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if isinstance(m, (Conv, TorchvisionBackbone)):
                 m.fuse()
@@ -260,7 +267,7 @@ class DetectionModel(nn.Module):
 
     def info(self, imgsz: int = 640) -> str:
         line = model_summary(self, imgsz)
-        print(line)
+        LOGGER.info(line)
         return line
 
 

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 import models.backbones as backbones
+import train
 from models.backbones import BackboneError, Take, TorchvisionBackbone, feature_layout, pretrained_file
 from models.yolo import DetectionModel
 from utils.checkpoints import build_from_checkpoint, checkpoint_dict, read_checkpoint, save_atomic
@@ -206,7 +207,6 @@ def test_yaml_errors():
 
 
 def test_train_run_one_epoch(tiny_shapes, tmp_path, no_downloads):
-    train = pytest.importorskip("train", reason="train.py is not in this checkout yet")
     save_dir = train.run(
         data=str(tiny_shapes), cfg="mobilenet_v3_small.yaml", weights="", epochs=1, imgsz=64, batch_size=4,
         project=str(tmp_path), name="bb", exist_ok=True, noplots=True, noautoanchor=True, device="cpu", workers=0,

@@ -156,3 +156,23 @@ def test_val_mixed_format_ensemble(onnx_files, yolov5n_pt, coco8, tmp_path):
     single = val.run(weights=[str(yolov5n_pt)], **kw)[0]
     mixed = val.run(weights=[str(yolov5n_pt), str(onnx_files["dynamic"])], **kw)[0]
     assert mixed.map == pytest.approx(single.map, abs=0.01) and mixed.map50 == pytest.approx(single.map50, abs=0.01)
+
+
+def test_cpu_half_runs_every_pytorch_member_in_bf16_with_fp32_boxes(yolov5n_pt, coco128, monkeypatch):
+    """Ensemble + TTA under --half: bf16 convolutions, but boxes decoded in fp32 (bf16 would move them by pixels)."""
+    monkeypatch.setattr("utils.inference.loader.cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    kw = dict(augment=True, imgsz=320)
+    ref = load_inference_model([str(yolov5n_pt)] * 2, cpu, **kw)
+    bf16 = load_inference_model([str(yolov5n_pt)] * 2, cpu, half=True, **kw)
+    assert not bf16.half_precision and [m.autocast_dtype for m in bf16.net.model] == [torch.bfloat16] * 2
+    im = letterbox(cv2.imread(str(next((coco128 / "images" / "train2017").glob("*.jpg")))), 320, auto=False)[0]
+    x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
+    with torch.inference_mode():
+        y_ref, y_bf16 = ref(x)[0], bf16(x)[0]
+    assert y_bf16.dtype == torch.float32
+    d_ref, d_bf16 = (non_max_suppression(y, 0.25, 0.45)[0] for y in (y_ref, y_bf16))
+    assert len(d_ref) and len(d_ref) == len(d_bf16)
+    box_err = (d_ref[:, :4] - d_bf16[:, :4]).abs()
+    assert box_err.mean() < 0.3 and box_err.max() < 3.2  # pixels at 320; decoded in bf16 they moved 5+ px
+    assert (d_ref[:, 4] - d_bf16[:, 4]).abs().max() < 0.05

@@ -114,8 +114,53 @@ def test_study_options_reach_run_study(monkeypatch, tmp_path):
     assert calls["epochs"] == 3 and calls["imgsz"] == 160 and calls["weights"] == []
     assert calls["batch_size"] == 16  # --batch-size unset: 16 for training, not the export benchmark's 1
     assert calls["train_kwargs"] == {"optimizer": "AdamW", "nbs": 16}
+    import train
+    import val
+
+    assert calls["train_fn"] is train.run and calls["val_fn"] is val.run  # utils/study.py imports no entry script
 
 
 def test_unknown_format_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="--include foo: unknown format"):
         benchmarks.run(weights=["x.pt"], include=["foo"], project=Path(tmp_path))
+
+
+def test_rows_without_a_runtime_are_not_failures_and_cpu_half_exports_fp32(monkeypatch, tmp_path, capsys):
+    """A format with no inference backend (TensorRT) was validated anyway: always ❌, and --hard-fail exited 1.
+    --half on the CPU exported fp16 TorchScript/ONNX graphs there; OpenVINO's fp16 weight compression is fine."""
+    from types import SimpleNamespace
+
+    import utils.export.formats as formats
+
+    def write_file(model, im, file, opts):
+        file.write_bytes(b"x" * 1000)
+        return file
+
+    fake = formats.ExportFormat("FakeRT", "fakert", ".fakert", write_file, checked=False)
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, fake))
+    exported, validated = [], []
+
+    def spy_export(model, flags, stem, opts, device):
+        exported.append((flags[0], opts.half))
+        row = formats.format_row(flags[0])
+        return {flags[0]: write_file(model, None, formats.output_path(row, stem), opts)}
+
+    def fake_val(weights, **kwargs):
+        validated.append(Path(weights[0]).name)
+        return SimpleNamespace(map=0.3, speed_ms=(1.0, 2.0, 3.0)), None, None
+
+    monkeypatch.setattr(benchmarks, "export_formats", spy_export)
+    monkeypatch.setattr(benchmarks, "load_export_model", lambda *a, **k: object())
+    monkeypatch.setattr(benchmarks.validate, "run", fake_val)
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"w")
+    rows = benchmarks.run(weights=[str(weights)], include=["torchscript", "fakert", "openvino"], device="cpu",
+                          half=True, project=tmp_path / "runs", hard_fail=0.0)  # fmt: skip
+    status = {r["Format"]: r["Status"] for r in rows}
+    assert status["FakeRT"] == "⚠️ exported, not validated (no FakeRT backend)" and status["TorchScript"] == "✅"
+    assert [r["Size (MB)"] for r in rows if r["Format"] == "FakeRT"] == [0.0]  # 1000 bytes, rounded to 2 places
+    assert validated == ["w.pt", "w.torchscript", "w_openvino_model"]  # the FakeRT file was never run
+    assert exported == [("torchscript", False), ("fakert", True), ("openvino", True)]
+    assert "--half: fp16 torchscript/onnx/engine exports need CUDA; exporting them in fp32 on cpu" in (
+        capsys.readouterr().out
+    )

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 import detect
+from utils.inference.predict import describe
 
 
 def test_detect_folder_saves_images_labels_and_crops(yolov5n_pt, coco8, tmp_path, capsys):
@@ -50,5 +51,5 @@ def test_detect_video_and_describe(yolov5n_pt, tmp_path, coco128):
     assert (save_dir / "clip.mp4").is_file()
     assert len(list((save_dir / "labels").glob("clip_*.txt"))) >= 1
     det = torch.tensor([[0, 0, 1, 1, 0.9, 0], [0, 0, 1, 1, 0.8, 0], [0, 0, 1, 1, 0.8, 27]])
-    assert detect.describe(det, {0: "person", 27: "tie"}) == "2 persons, 1 tie"
-    assert detect.describe(torch.zeros(0, 6), {}) == "(no detections)"
+    assert describe(det, {0: "person", 27: "tie"}) == "2 persons, 1 tie"
+    assert describe(torch.zeros(0, 6), {}) == "(no detections)"

@@ -216,3 +216,63 @@ def test_ensemble_exports_as_one_file_and_wbf_is_refused(random_pt, tmp_path):
         export.run(weights=[str(random_pt)] * 2, include=["onnx"], ensemble_mode="wbf", save_dir=tmp_path)
     with pytest.raises(ExportError, match="PyTorch .*an Ensemble cannot be saved as one checkpoint"):
         export.run(weights=[str(random_pt)] * 2, include=["pt"], imgsz=[64], save_dir=tmp_path)
+
+
+def device_constants(graph: torch._C.Graph) -> list:
+    """Device values baked into a TorchScript graph (a file traced on cuda:0 would be pinned to cuda:0)."""
+    nodes = graph.nodes()
+    return [n.output().toIValue() for n in nodes if n.kind() == "prim::Constant" and n.outputsSize() == 1
+            and n.output().type().kind() == "DeviceObjType"]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated upstream
+def test_torchscript_holds_no_device_constant_and_runs_after_loading_elsewhere(random_pt, exported):
+    """The grids came from torch.arange(device=...), which the trace recorded as a constant ``cpu``."""
+    module = torch.jit.load(str(exported["torchscript"]), map_location="cpu")
+    assert device_constants(module.inlined_graph) == []
+    model = load_export_model(str(random_pt), torch.device("cpu"))
+    x = torch.rand(2, 3, 96, 64, generator=torch.Generator().manual_seed(2))  # another batch and shape
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), model(x), atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("nms", [False, True])
+def test_fp16_onnx_passes_the_full_checker_and_runs_in_onnxruntime(random_pt, tmp_path, nms):
+    """fp16 grids went through ONNX ``Range``, which has no float16: ORT refused the file (INVALID_GRAPH).
+
+    Built on the CPU (export.py asks for CUDA for --half; the graph is the same). With ``nms`` the export check
+    used to feed fp32 images into the fp16 input.
+    """
+    import onnxruntime as ort
+
+    from utils.export.formats import export_formats
+
+    cpu = torch.device("cpu")
+    model = load_export_model(str(random_pt), cpu)
+    opts = ExportOptions(imgsz=(64, 96), half=True, dynamic=True, nms=nms, source=str(random_pt))
+    file = export_formats(model, ["onnx"], tmp_path / "half", opts, cpu)["onnx"]  # includes the check vs PyTorch
+    proto = onnx.load(str(file))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+    y = session.run(None, {"images": x.half().numpy()})[0]
+    if nms:
+        assert y.shape[1] == 7 and y.dtype == np.float32
+    else:
+        with torch.no_grad():
+            ref = model(x)
+        assert y.dtype == np.float16 and y.shape == tuple(ref.shape)
+        assert np.abs(y.astype(np.float32) - ref.numpy()).max() < 5e-3 * (1 + float(ref.abs().max()))
+
+
+def test_tensorrt_networks_use_explicit_batch_before_version_10():
+    """TensorRT 7/8's ONNX parser refuses the implicit-batch network that ``create_network(0)`` makes there."""
+    from types import SimpleNamespace
+
+    from utils.export.formats import trt_network_flags
+
+    flags = SimpleNamespace(EXPLICIT_BATCH=0)  # the enum value TensorRT 8 gives it
+    assert trt_network_flags(SimpleNamespace(__version__="8.6.1", NetworkDefinitionCreationFlag=flags)) == 1
+    assert trt_network_flags(SimpleNamespace(__version__="7.2.3.4", NetworkDefinitionCreationFlag=flags)) == 1
+    assert trt_network_flags(SimpleNamespace(__version__="10.3.0")) == 0  # explicit batch is the only mode

@@ -45,6 +45,13 @@ def test_compute_ap_envelope_values():
     np.testing.assert_allclose(mpre, [1, 1, 2 / 3, 2 / 3, 0])
 
 
+def test_smooth_spike_and_flat_curve():  # the plots' use of it
+    y = np.array([0, 0, 0, 3, 0, 0, 0], dtype=float)
+    np.testing.assert_allclose(smooth(y, 0.3), [0, 0, 1, 1, 1, 0, 0])  # window 3
+    flat = np.full(1000, 0.4)
+    np.testing.assert_allclose(smooth(flat, 0.05), flat)
+
+
 def test_smooth_box_filter():
     y = np.zeros(20)
     y[10] = 1.0

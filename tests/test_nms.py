@@ -49,3 +49,17 @@ def test_every_image_is_processed_even_with_many_candidates():
 def test_bad_thresholds_are_clear_errors():
     with pytest.raises(ValueError, match="--conf-thres"):
         non_max_suppression(torch.zeros(1, 1, 7), 1.5, 0.45)
+
+
+def test_fp16_predictions_give_fp32_detections_for_every_image():
+    """CUDA --half: detections stayed fp16 (0.5-4 px steps once scaled to large originals) while empty images got
+    fp32 zeros."""
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 200, 8, generator=gen)
+    pred[..., :2] *= 3000  # centres across a 3000-px input: fp16 steps are 2 px there
+    pred[..., 2:4] = pred[..., 2:4] * 200 + 10
+    pred[1, :, 4] = 0.0  # the second image has no candidate
+    half = pred.half()
+    out = non_max_suppression(half, 0.3, 0.5)
+    assert [o.dtype for o in out] == [torch.float32, torch.float32] and len(out[0]) > 10 and len(out[1]) == 0
+    torch.testing.assert_close(out[0], non_max_suppression(half.float(), 0.3, 0.5)[0], atol=0, rtol=0)

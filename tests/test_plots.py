@@ -21,7 +21,6 @@ from utils.plots import (
     plot_training_curves,
     read_csv_columns,
     save_one_box,
-    smooth,
 )
 
 RESULTS_HEADER = [
@@ -94,13 +93,6 @@ def test_save_one_box_crop_and_no_overwrite(tmp_path):
     crop = save_one_box((180, 0, 200, 60), im, file=file, gain=1.0, pad=0, square=True)
     assert crop.shape == (60, 40, 3)  # x from 160 to 220 clipped to 200; y from 0 to 60
     assert (tmp_path / "crops" / "person" / "a3.jpg").exists()
-
-
-def test_smooth_known_answer():
-    y = np.array([0, 0, 0, 3, 0, 0, 0], dtype=float)
-    np.testing.assert_allclose(smooth(y, 0.3), [0, 0, 1, 1, 1, 0, 0])  # window 3
-    flat = np.full(1000, 0.4)
-    np.testing.assert_allclose(smooth(flat, 0.05), flat)
 
 
 def test_normalize_confusion_exact():

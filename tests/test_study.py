@@ -11,6 +11,8 @@ import pytest
 import torch
 import yaml
 
+import train
+import val
 from models.yolo import DetectionModel, model_flops
 from utils.checkpoints import save_checkpoint
 from utils.study import (
@@ -145,7 +147,7 @@ def test_run_study_checkpoints_with_val(tmp_path, tiny_data):
     (tmp_path / "exp7" / "results.csv").write_text("epoch,train/box_loss,metrics/mAP_0.5\n0,0.1,0.0\n1,0.09,0.01\n")
     save_dir = run_study(
         weights=[str(w)], data=str(tiny_data), imgsz=64, batch_size=2, device="cpu", project=tmp_path,
-        name="ckpt", workers=0, latency_runs=1,
+        name="ckpt", workers=0, latency_runs=1, train_fn=train.run, val_fn=val.run,
     )  # fmt: skip
     with open(save_dir / "study.csv") as f:
         (row,) = list(csv.DictReader(f))
@@ -153,7 +155,8 @@ def test_run_study_checkpoints_with_val(tmp_path, tiny_data):
     assert row["results_csv"] == str(tmp_path / "exp7" / "results.csv") and math.isnan(float(row["train_s"]))
     assert (save_dir / "training_curves.png").is_file()
     with pytest.raises(ValueError, match="repeats exp7: identical weights make no ensemble"):
-        run_study(weights=[str(w)], ensembles=["exp7,exp7"], data=str(tiny_data), device="cpu", project=tmp_path)
+        run_study(weights=[str(w)], ensembles=["exp7,exp7"], data=str(tiny_data), device="cpu", project=tmp_path,
+                  train_fn=train.run, val_fn=val.run)  # fmt: skip
 
 
 def test_study_reuses_the_training_validation_and_checks_ensembles_first(tmp_path, tiny_data):

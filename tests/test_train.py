@@ -216,6 +216,37 @@ def test_ddp_two_cpu_processes_train_one_epoch(tiny, tmp_path):
     assert p.stdout.count("Starting training for 1 epochs") == 1  # only rank 0 logs
 
 
+def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py",
+           "--weights", "", "--cfg", "yolov5n.yaml", "--epochs", "1", "--workers", "0", "--device", "cpu",
+           "--noplots", "--noautoanchor", *args]  # fmt: skip
+    p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_rect_on_mixed_aspect_ratios(coco128, tmp_path):
+    """--rect under DDP: a DistributedSampler mixed padded shapes in one per-rank batch ("stack expects each
+    tensor to be equal size, but got [3, 128, 128] ... and [3, 128, 96]"). 32 coco128 images, 8 rectangular
+    batches of 4 per rank (4 steps each)."""
+    from tests.conftest import copy_coco_subset, write_data_yaml
+
+    root = copy_coco_subset(coco128, tmp_path / "coco32", 32)
+    data = write_data_yaml(root, yaml.safe_load((REPO / "data" / "coco128.yaml").read_text())["names"])
+    p = torchrun(2, ["--data", str(data), "--img", "128", "--batch-size", "8", "--rect", "--project", str(tmp_path),
+                     "--name", "rect"])  # fmt: skip
+    assert read_csv_columns(tmp_path / "rect" / "results.csv")["epoch"].tolist() == [0]
+    assert "0/0" in p.stderr + p.stdout  # the epoch's progress line
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_torchrun_with_one_process(tiny, tmp_path):
+    """LOCAL_RANK set, WORLD_SIZE 1: "Default process group has not been initialized" from a DistributedSampler."""
+    torchrun(1, ["--data", str(tiny), "--img", "64", "--batch-size", "4", "--project", str(tmp_path), "--name", "one"])
+    assert read_checkpoint(tmp_path / "one" / "weights" / "last.pt")["epoch"] == -1
+
+
 def test_rect_single_class_training(tiny, tmp_path):
     save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, rect=True, single_cls=True,
                          project=tmp_path, name="rect", **TINY)  # fmt: skip

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.log import LOGGER
 
 FORMAT = "yolo-toolkit/1"
 RELEASE_URL = "https://github.com/ultralytics/yolov5/releases/download/v7.0/{name}"
@@ -351,7 +352,7 @@ def attempt_download(weights: str | Path, timeout: float = 5.0) -> Path:
     url = RELEASE_URL.format(name=path.name)
     if os.environ.get("YOLO_OFFLINE", "") not in ("", "0"):
         raise CheckpointError(f"--weights {weights}: file not found and downloads are disabled (YOLO_OFFLINE=1)")
-    print(f"Downloading {url} to {path}...")
+    LOGGER.info(f"Downloading {url} to {path}...")
     tmp = path.with_name(f".{path.name}.part")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as fh:

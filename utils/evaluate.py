@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,9 @@ import torch
 from tqdm import tqdm
 
 from utils.boxes import scale_boxes_to_original, xywh2xyxy, xyxy2xywh
-from utils.devices import Profile
+from utils.data.labels import write_yolo_labels
+from utils.devices import Profile, print_speed
+from utils.log import LOGGER
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
 
@@ -141,13 +144,8 @@ class EvalOptions:
     coco_ids: bool = False  # predictions use COCO's 91 category ids and numeric image ids
 
 
-def _targets_for(targets: torch.Tensor, si: int, width: int, height: int, device) -> torch.Tensor:
-    t = targets[targets[:, 0] == si, 1:].to(device)
-    t[:, 1:] *= torch.tensor((width, height, width, height), device=device)
-    return t
-
-
-def _image_id(path: str) -> int | str:
+def coco_image_id(path: str) -> int | str:
+    """COCO image id of an image file: its stem, as an int when numeric (``000000000139.jpg`` -> 139)."""
     stem = Path(path).stem
     return int(stem) if stem.isnumeric() else stem
 
@@ -187,7 +185,8 @@ def evaluate(
     plot_batches = 3 if (opts.plots and save_dir is not None) else 0
     if save_dir is not None and opts.save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
-    bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}")
+    quiet = not LOGGER.isEnabledFor(logging.INFO)  # a silenced package logger hides the progress bar too
+    bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}", disable=quiet)
     for batch_i, (im, targets, paths, shapes) in enumerate(bar):
         with dt[0]:
             im = im.to(device, non_blocking=True)
@@ -204,53 +203,69 @@ def evaluate(
         hybrid = [tgt_px[tgt_px[:, 0] == i, 1:] for i in range(nb)] if opts.save_hybrid else None
         with dt[2]:
             preds = non_max_suppression(
-                preds,
-                opts.conf_thres,
-                opts.iou_thres,
-                multi_label=True,
-                agnostic=opts.single_cls,
-                max_det=opts.max_det,
-                extra_labels=hybrid,
-            )
+                preds, opts.conf_thres, opts.iou_thres, multi_label=True, agnostic=opts.single_cls,
+                max_det=opts.max_det, extra_labels=hybrid,
+            )  # fmt: skip
         for si, pred in enumerate(preds):
-            labels = tgt_px[tgt_px[:, 0] == si, 1:]
-            npr, nl = pred.shape[0], labels.shape[0]
-            path, shape0 = paths[si], shapes[si][0]
-            correct = torch.zeros(npr, len(iouv), dtype=torch.bool, device=device)
             seen += 1
-            if npr == 0:
-                if nl:
-                    stats.append((correct, torch.zeros(0, device=device), torch.zeros(0, device=device), labels[:, 0]))
-                    if opts.plots:
-                        confusion.process_batch(None, labels[:, 0])
-                continue
-            if opts.single_cls:
-                pred[:, 5] = 0
-            predn = pred.clone()
-            scale_boxes_to_original(im[si].shape[1:], predn[:, :4], shape0, shapes[si][1])
-            if nl:
-                tbox = xywh2xyxy(labels[:, 1:5])
-                scale_boxes_to_original(im[si].shape[1:], tbox, shape0, shapes[si][1])
-                labelsn = torch.cat((labels[:, 0:1], tbox), 1)
-                correct = match_predictions(predn, labelsn, iouv)
-                if opts.plots:
-                    confusion.process_batch(predn, labelsn)
-            stats.append((correct, pred[:, 4], pred[:, 5], labels[:, 0]))
-            if opts.save_txt and save_dir is not None:
-                _save_txt(predn, opts.save_conf, shape0, save_dir / "labels" / f"{Path(path).stem}.txt")
-            if opts.save_json:
-                jdict.extend(_json_records(predn, path, opts.coco_ids))
+            labels = tgt_px[tgt_px[:, 0] == si, 1:]
+            stat, predn = _score_image(pred, labels, im[si].shape[1:], shapes[si], iouv, opts, confusion)
+            if stat is not None:
+                stats.append(stat)
+            if predn is not None and opts.save_txt and save_dir is not None:
+                file = save_dir / "labels" / f"{Path(paths[si]).stem}.txt"
+                write_yolo_labels(predn, shapes[si][0], file, opts.save_conf)
+            if predn is not None and opts.save_json:
+                jdict.extend(_json_records(predn, paths[si], opts.coco_ids))
         if batch_i < plot_batches:
             from utils.plots import plot_images
 
             plot_images(im, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
-            plot_images(
-                im, _preds_to_targets(preds, width, height), paths, save_dir / f"val_batch{batch_i}_pred.jpg", names
-            )
+            pred_targets = _preds_to_targets(preds, width, height)
+            plot_images(im, pred_targets, paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
     bar.close()
 
     result = EvalResult(seen=seen, shape=shape)
     result.losses = tuple((loss.cpu() / max(len(dataloader), 1)).tolist())
+    ap = _summarize(result, stats, nc, names, opts.verbose or (nc < 50 and compute_loss is None), prefix)
+    result.speed_ms = tuple(x.t / max(seen, 1) * 1e3 for x in dt)
+    if compute_loss is None:
+        print_speed(result.speed_ms, shape)
+    if opts.plots and save_dir is not None:
+        _plot_metrics(confusion, ap, names, nc, opts.single_cls, save_dir)
+    return result, jdict
+
+
+def _score_image(pred, labels, im_hw, shape_info, iouv, opts: EvalOptions, confusion: ConfusionMatrix):
+    """One image: (stats row (correct, conf, cls, target cls) or None, predictions in original pixels or None).
+
+    ``pred`` is the image's NMS output Tensor[n, 6] in letterboxed pixels (its classes are zeroed in place with
+    --single-cls, as the batch plots show them); ``labels`` Tensor[m, 5] (cls, xywh letterboxed pixels).
+    """
+    npr, nl = pred.shape[0], labels.shape[0]
+    correct = torch.zeros(npr, len(iouv), dtype=torch.bool, device=iouv.device)
+    if npr == 0:
+        if nl and opts.plots:
+            confusion.process_batch(None, labels[:, 0])
+        empty = torch.zeros(0, device=iouv.device)
+        return ((correct, empty, empty, labels[:, 0]) if nl else None), None
+    if opts.single_cls:
+        pred[:, 5] = 0
+    shape0, ratio_pad = shape_info
+    predn = pred.clone()
+    scale_boxes_to_original(im_hw, predn[:, :4], shape0, ratio_pad)
+    if nl:
+        tbox = xywh2xyxy(labels[:, 1:5])
+        scale_boxes_to_original(im_hw, tbox, shape0, ratio_pad)
+        labelsn = torch.cat((labels[:, 0:1], tbox), 1)
+        correct = match_predictions(predn, labelsn, iouv)
+        if opts.plots:
+            confusion.process_batch(predn, labelsn)
+    return (correct, pred[:, 4], pred[:, 5], labels[:, 0]), predn
+
+
+def _summarize(result: EvalResult, stats: list[tuple], nc: int, names: dict, per_class: bool, prefix: str):
+    """Fill ``result``'s P, R, mAPs and instances from ``stats``; print the ``all`` row (and per-class rows)."""
     result.maps = np.zeros(nc)
     cat = [torch.cat(x, 0).cpu().numpy() for x in zip(*stats)] if stats else []
     target_cls = cat[3].astype(int) if cat else np.zeros(0, int)
@@ -262,32 +277,28 @@ def evaluate(
         result.mp, result.mr, result.map50, result.map = (float(v) for v in ap.mean_results())
         for i, c in enumerate(ap.classes):
             result.maps[int(c)] = ap.ap[i].mean()
-    print(ROW % ("all", seen, nt.sum(), result.mp, result.mr, result.map50, result.map))
+    LOGGER.info(ROW % ("all", result.seen, nt.sum(), result.mp, result.mr, result.map50, result.map))
     if nt.sum() == 0:
-        print(f"{prefix}WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels")
-    if ap is not None and (opts.verbose or (nc < 50 and compute_loss is None)) and nc > 1:
-        for i, c in enumerate(ap.classes):
-            print(ROW % (names[int(c)], seen, nt[int(c)], *ap.class_result(i)))
-    result.speed_ms = tuple(x.t / max(seen, 1) * 1e3 for x in dt)
-    if compute_loss is None:
-        print(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {shape}" % result.speed_ms)
-    if opts.plots and save_dir is not None:
-        from utils.plots import plot_confusion_matrix, plot_mc_curve, plot_pr_curve
-
-        plot_confusion_matrix(
-            confusion.matrix,
-            [names[i] for i in range(nc)] if not opts.single_cls else ["item"],
-            save_dir / "confusion_matrix.png",
+        LOGGER.warning(
+            f"{prefix}WARNING ⚠️ no labels found in the validation set, can not compute metrics without labels"
         )
-        if ap is not None:
-            plot_pr_curve(ap.px, ap.pr_curve, ap.ap, save_dir / "PR_curve.png", names, ap.classes)
-            for curve, stem, label in (
-                (ap.f1_curve, "F1", "F1"),
-                (ap.p_curve, "P", "Precision"),
-                (ap.r_curve, "R", "Recall"),
-            ):
-                plot_mc_curve(ap.px, curve, save_dir / f"{stem}_curve.png", names, ap.classes, ylabel=label)
-    return result, jdict
+    if ap is not None and per_class and nc > 1:
+        for i, c in enumerate(ap.classes):
+            LOGGER.info(ROW % (names[int(c)], result.seen, nt[int(c)], *ap.class_result(i)))
+    return ap
+
+
+def _plot_metrics(confusion: ConfusionMatrix, ap, names: dict, nc: int, single_cls: bool, save_dir: Path) -> None:
+    """confusion_matrix.png and the PR, F1, P and R curves."""
+    from utils.plots import plot_confusion_matrix, plot_mc_curve, plot_pr_curve
+
+    labels = [names[i] for i in range(nc)] if not single_cls else ["item"]
+    plot_confusion_matrix(confusion.matrix, labels, save_dir / "confusion_matrix.png")
+    if ap is None:
+        return
+    plot_pr_curve(ap.px, ap.pr_curve, ap.ap, save_dir / "PR_curve.png", names, ap.classes)
+    for curve, stem, label in ((ap.f1_curve, "F1", "F1"), (ap.p_curve, "P", "Precision"), (ap.r_curve, "R", "Recall")):
+        plot_mc_curve(ap.px, curve, save_dir / f"{stem}_curve.png", names, ap.classes, ylabel=label)
 
 
 def _preds_to_targets(preds: list[torch.Tensor], width: int, height: int) -> torch.Tensor:
@@ -300,17 +311,8 @@ def _preds_to_targets(preds: list[torch.Tensor], width: int, height: int) -> tor
     return torch.cat(rows, 0) if rows else torch.zeros((0, 7))
 
 
-def _save_txt(predn: torch.Tensor, save_conf: bool, shape0: tuple[int, int], file: Path) -> None:
-    gn = torch.tensor(shape0, device=predn.device)[[1, 0, 1, 0]]
-    with open(file, "a", encoding="utf-8") as f:
-        for *xyxy, conf, cls in predn.tolist():
-            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn.cpu()).view(-1).tolist()
-            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-            f.write(("%g " * len(line)).rstrip() % line + "\n")
-
-
 def _json_records(predn: torch.Tensor, path: str, coco_ids: bool) -> list[dict]:
-    image_id = _image_id(path)
+    image_id = coco_image_id(path)
     box = xyxy2xywh(predn[:, :4].clone())
     box[:, :2] -= box[:, 2:] / 2  # centre -> top-left corner
     return [
@@ -328,7 +330,7 @@ def ground_truth_coco_json(dataset, names: dict[int, str], file: Path) -> Path:
     """COCO-format ground truth built from a dataset's YOLO labels (original-image pixels)."""
     images, annotations = [], []
     for f, lb, (w, h) in zip(dataset.im_files, dataset.labels, dataset.shapes):
-        image_id = _image_id(f)
+        image_id = coco_image_id(f)
         images.append({"id": image_id, "file_name": Path(f).name, "width": int(w), "height": int(h)})
         for cls, x, y, bw, bh in lb.tolist():
             box = [(x - bw / 2) * w, (y - bh / 2) * h, bw * w, bh * h]
@@ -345,6 +347,22 @@ def ground_truth_coco_json(dataset, names: dict[int, str], file: Path) -> Path:
     categories = [{"id": i, "name": n} for i, n in names.items()]
     file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return file
+
+
+def coco_evaluate_predictions(
+    jdict: list[dict], pred_json: Path, anno_json: Path | None, dataset, names: dict[int, str]
+) -> list[float]:
+    """Save ``jdict`` (``evaluate``'s JSON predictions) to ``pred_json`` and score it with pycocotools.
+
+    ``anno_json`` is COCO's own annotation file; None builds the ground truth from the dataset's YOLO labels
+    (``ground_truth.json`` beside ``pred_json``). Every image of the dataset counts, with or without predictions.
+    """
+    pred_json.write_text(json.dumps(jdict))
+    LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_json}...")
+    if anno_json is None:
+        anno_json = ground_truth_coco_json(dataset, names, pred_json.parent / "ground_truth.json")
+    image_ids = sorted({r["image_id"] for r in jdict} | {coco_image_id(f) for f in dataset.im_files})
+    return coco_evaluate(pred_json, anno_json, image_ids)
 
 
 def coco_evaluate(pred_json: Path, anno_json: Path, image_ids: list) -> list[float]:

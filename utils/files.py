@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from utils.log import LOGGER
+
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout: data/, models/, runs/ are found from here
 
 
@@ -31,3 +33,9 @@ def append_csv_row(path: Path, keys: tuple[str, ...] | list[str], values) -> Non
     head = "" if path.exists() else ("%20s," * len(keys) % tuple(keys)).rstrip(",") + "\n"
     with open(path, "a", encoding="utf-8") as f:
         f.write(head + ("%20.5g," * len(values) % values).rstrip(",") + "\n")
+
+
+def print_labels_saved(labels_dir: Path) -> None:
+    """``3 labels saved to runs/detect/exp/labels`` after --save-txt (val.py and detect.py)."""
+    n = len(list(labels_dir.glob("*.txt")))
+    LOGGER.info(f"{n} labels saved to {labels_dir}")

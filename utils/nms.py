@@ -35,8 +35,8 @@ def non_max_suppression(
             (``--save-hybrid`` autolabelling: ground truth merged with predictions).
 
     Returns:
-        One Tensor[n, 6] per image: (x1, y1, x2, y2, conf, cls), xyxy pixels of the network input, sorted by
-        descending confidence. Every image is processed: there is no time limit that could skip the rest of a
+        One float32 Tensor[n, 6] per image: (x1, y1, x2, y2, conf, cls), xyxy pixels of the network input, sorted
+        by descending confidence. Every image is processed: there is no time limit that could skip the rest of a
         batch.
     """
     if isinstance(prediction, (list, tuple)):
@@ -49,7 +49,9 @@ def non_max_suppression(
     multi_label &= nc > 1
     out = []
     for xi, x in enumerate(prediction):
-        x = x[x[:, 4] > conf_thres]
+        # fp32 from here on, whatever the model ran in: fp16 (CUDA --half) boxes scaled to original-image pixels
+        # would snap to 0.5-4 px steps, and an image without detections (fp32 zeros) would differ in dtype
+        x = x[x[:, 4] > conf_thres].float()
         if extra_labels is not None and len(extra_labels[xi]):
             lb = extra_labels[xi].to(x.dtype)
             v = torch.zeros((len(lb), nc + 5), device=x.device, dtype=x.dtype)

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from utils.errors import UsageError, UserError
 from utils.files import REPO_ROOT
 from utils.inference.channel_prune import METHODS as CHANNEL_PRUNE_METHODS
+from utils.log import LOGGER
 
 __all__ = ["REPO_ROOT", "UsageError", "UserError"]  # re-exported: scripts and tests import them from here
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")  # train.py --optimizer, benchmarks.py --study (built in utils/train/optim.py)
+ENSEMBLE_MODES = ("nms", "mean", "max", "wbf")  # --ensemble-mode: how members' outputs merge (models/ensemble.py)
 
 
 def check_img_size(imgsz: int, stride: int, min_strides: int = 1) -> int:
@@ -20,7 +22,7 @@ def check_img_size(imgsz: int, stride: int, min_strides: int = 1) -> int:
     one-line warning when it changes. val.py, detect.py and train.py (``min_strides=2``) all size images this way."""
     new = max(-(-imgsz // stride) * stride, stride * min_strides)
     if new != imgsz:
-        print(f"WARNING ⚠️ --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
+        LOGGER.warning(f"WARNING ⚠️ --img-size {imgsz} must be a multiple of max stride {stride}, updating to {new}")
     return int(new)
 
 
@@ -104,7 +106,7 @@ def inference_options() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ensemble-mode",
-        choices=("nms", "mean", "max", "wbf"),
+        choices=ENSEMBLE_MODES,
         default="nms",
         help="how several --weights are merged (default: one NMS over all members' candidates)",
     )
@@ -119,6 +121,29 @@ def inference_options() -> argparse.ArgumentParser:
     return p
 
 
+SHARED_FLAGS: dict[str, dict] = {  # flags several scripts declare; each script may change default and help
+    "--batch-size": {"type": int, "default": None, "help": "batch size"},
+    "--workers": {"type": int, "default": 8, "help": "max dataloader workers"},
+    "--save-txt": {"action": "store_true", "help": "save results to *.txt"},
+    "--save-conf": {"action": "store_true", "help": "save confidences in --save-txt labels"},
+    "--include": {"nargs": "+", "help": "export formats"},
+    "--dynamic": {
+        "action": argparse.BooleanOptionalAction,
+        "default": None,
+        "help": "dynamic batch and image size (default: on for ONNX/OpenVINO, which then take val/detect's "
+        "rectangular batches and give PyTorch's numbers; off for TensorRT/CoreML/TFLite); --no-dynamic: fixed "
+        "--imgsz/--batch-size",
+    },
+}
+
+
+def add_shared(p: argparse.ArgumentParser, *flags: str, **overrides) -> None:
+    """Declare ``flags`` from ``SHARED_FLAGS`` on ``p`` at this point of its flag order (``print_args`` echoes
+    options in that order); ``overrides`` (``default=32``, ``help=...``) apply to each of them."""
+    for flag in flags:
+        p.add_argument(flag, **{**SHARED_FLAGS[flag], **overrides})
+
+
 def output_options(default_project: str) -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--project", default=str(REPO_ROOT / default_project), help="save results to project/name")
@@ -129,7 +154,7 @@ def output_options(default_project: str) -> argparse.ArgumentParser:
 
 def print_args(script: str, args: dict) -> None:
     """The echo line users know: ``val: data=..., weights=[...], ...``."""
-    print(f"{script}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
+    LOGGER.info(f"{script}: " + ", ".join(f"{k}={v}" for k, v in args.items()))
 
 
 def run_cli(script: str, main: Callable[[], object]) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
+from utils.metrics import smooth
 
 Names = Mapping[int, str] | Sequence[str] | None
 
@@ -148,13 +149,6 @@ def _save(fig, path: Path, dpi: int) -> Path:
     fig.savefig(path, dpi=dpi)
     fig.clear()  # drop artists now rather than at garbage collection
     return path
-
-
-def smooth(y: np.ndarray, fraction: float = 0.05) -> np.ndarray:
-    """Box-filter a 1-D curve over ``fraction`` of its points (odd window, edges padded), same length out."""
-    y = np.asarray(y, dtype=np.float64)
-    k = round(len(y) * fraction * 2) // 2 + 1  # odd window so the output stays centred
-    return np.convolve(np.pad(y, k // 2, mode="edge"), np.ones(k) / k, mode="valid")
 
 
 def plot_pr_curve(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,18 +83,16 @@ def plot_sweep(rows: list[dict], file: Path, x_col: str = "PyTorch b32 ms/im") -
     plt.close(fig)
 
 
-def _validate(weights: str | Path, data: str, imgsz: int, workers: int, save_dir: Path, **kw):
-    import val
-
-    result, _, _ = val.run(data=data, weights=[str(weights)], imgsz=imgsz, batch_size=32, workers=workers,
+def _validate(val_fn: Callable, weights: str | Path, data: str, imgsz: int, workers: int, save_dir: Path, **kw):
+    result, _, _ = val_fn(data=data, weights=[str(weights)], imgsz=imgsz, batch_size=32, workers=workers,
                            project=save_dir, name="val", exist_ok=True, noplots=True, **kw)  # fmt: skip
     return result
 
 
-def _fine_tune(weights: Path, data: str, epochs: int, imgsz: int, workers: int, save_dir: Path, name: str) -> Path:
-    import train
-
-    run = train.run(data=data, weights=str(weights), epochs=epochs, imgsz=[imgsz], batch_size=16, workers=workers,
+def _fine_tune(
+    train_fn: Callable, weights: Path, data: str, epochs: int, imgsz: int, workers: int, save_dir: Path, name: str
+) -> Path:
+    run = train_fn(data=data, weights=str(weights), epochs=epochs, imgsz=[imgsz], batch_size=16, workers=workers,
                     project=save_dir, name=name, exist_ok=True, noplots=True, device="cpu")  # fmt: skip
     return run / "weights" / "best.pt"
 
@@ -103,6 +102,9 @@ def run_channel_sweep(
     data: str,
     ratios: list[float],
     save_dir: Path,
+    train_fn: Callable,
+    val_fn: Callable,
+    export_fn: Callable,
     method: str = "l1",
     global_pruning: bool = False,
     imgsz: int = 640,
@@ -112,8 +114,12 @@ def run_channel_sweep(
     workers: int = 2,
     rounds: int = 3,
 ) -> list[dict]:
-    """Run the sweep; writes ``prune_sweep.csv`` and ``prune_sweep.png`` into ``save_dir``; returns the rows."""
-    import export
+    """Run the sweep; writes ``prune_sweep.csv`` and ``prune_sweep.png`` into ``save_dir``; returns the rows.
+
+    ``train_fn``, ``val_fn`` and ``export_fn`` are ``train.run``, ``val.run`` and ``export.run`` (passed in: utils
+    imports no entry script). Fine-tuning: ``epochs`` on ``data`` at ``finetune_imgsz``, batch 16, from each
+    pruned checkpoint; mAP is measured at ``imgsz``, batch 32, before and after.
+    """
     from models.yolo import model_flops
     from utils.checkpoints import load_model, save_checkpoint
     from utils.inference.backends import load_backend
@@ -129,12 +135,14 @@ def run_channel_sweep(
         if ratio:
             channel_prune(model, ratio, method, global_pruning)
         ckpt = save_checkpoint(model, save_dir / f"{stem}_ch{round(ratio * 100)}.pt")
-        before = _validate(ckpt, data, imgsz, workers, save_dir)
+        before = _validate(val_fn, ckpt, data, imgsz, workers, save_dir)
         tuned = None
         if epochs:
-            best = _fine_tune(ckpt, data, epochs, finetune_imgsz, workers, save_dir, f"ft{round(ratio * 100)}")
-            tuned = _validate(best, data, imgsz, workers, save_dir).map
-        files = export.run(weights=str(ckpt), include=["onnx", "openvino"], imgsz=imgsz, save_dir=save_dir)
+            best = _fine_tune(
+                train_fn, ckpt, data, epochs, finetune_imgsz, workers, save_dir, f"ft{round(ratio * 100)}"
+            )
+            tuned = _validate(val_fn, best, data, imgsz, workers, save_dir).map
+        files = export_fn(weights=str(ckpt), include=["onnx", "openvino"], imgsz=imgsz, save_dir=save_dir)
         fused = model.fuse(verbose=False).eval().to(memory_format=torch.channels_last)
         rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()),
                      "GFLOPs": round(model_flops(fused, imgsz), 2), "mAP50-95": round(before.map, 4),
@@ -147,7 +155,7 @@ def run_channel_sweep(
         }
     for sparsity in unstructured:
         name = f"unstructured {sparsity:g}"
-        result = _validate(weights, data, imgsz, workers, save_dir, prune=sparsity)
+        result = _validate(val_fn, weights, data, imgsz, workers, save_dir, prune=sparsity)
         model = load_model(weights)
         global_l1_prune(model, sparsity)
         make_permanent(model)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from utils.files import increment_path
+from utils.log import LOGGER
 
 COST_KEYS = {"gflops": "GFLOPs", "params": "parameters (millions)", "cpu_ms": "CPU latency (ms, batch 1)"}
 _PLOT_SCALE = {"params": 1e-6}  # x-axis units of the frontier plot
@@ -206,18 +207,6 @@ def format_table(rows: Sequence[StudyRow]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ the study
-def _default_train(**kwargs) -> Path:
-    import train
-
-    return train.run(**kwargs)
-
-
-def _default_val(**kwargs):
-    import val
-
-    return val.run(**kwargs)
-
-
 def _label(path: str) -> str:
     """``yolov5n.yaml`` -> ``yolov5n``; ``runs/train/exp3/weights/best.pt`` -> ``exp3``."""
     p = Path(path)
@@ -252,119 +241,142 @@ def run_study(
     workers: int = 2,
     latency_runs: int = 20,
     train_kwargs: dict | None = None,
-    train_fn: Callable[..., Path] | None = None,
-    val_fn: Callable | None = None,
+    *,
+    train_fn: Callable[..., Path],
+    val_fn: Callable,
 ) -> Path:
     """Measure ``cfgs`` (trained ``epochs`` here; cost only when 0), ``weights`` and ``ensembles``; returns save_dir.
 
     ``ensembles`` lists members by the label of a cfg or weight above (file stem, e.g. ``yolov5n``) or by checkpoint
     path, as a list or a string ``"yolov5n,yolov5n"``. A cfg repeated within one ensemble is trained again with
     ``seed=k`` for its k-th repeat (``yolov5n-seed1``), since an ensemble of identical weights is just one model.
-    ``train_kwargs`` adds options to every training run (``hyp``, ``optimizer``...). ``train_fn`` / ``val_fn``
-    default to ``train.run`` / ``val.run`` (called with the keywords those take).
+    ``train_kwargs`` adds options to every training run (``hyp``, ``optimizer``...). ``train_fn`` / ``val_fn`` are
+    ``train.run`` / ``val.run`` or stand-ins taking the same keywords (``benchmarks.py`` passes the real ones).
     """
-    from utils.checkpoints import load_model
     from utils.devices import select_device
 
-    train_fn, val_fn = train_fn or _default_train, val_fn or _default_val
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
     val_device = select_device(device, batch_size)
-    rows: dict[str, StudyRow] = {}
-    files: dict[str, str] = {}  # label -> weight file
-    cfg_of: dict[str, str] = {}  # label -> model YAML (trainable)
-
-    def train_one(cfg: str, label: str, seed: int) -> None:
-        kwargs = {**(train_kwargs or {}), **({"seed": seed} if seed else {})}  # e.g. hyp, optimizer
-        final = []  # train.run validates best.pt at the end; those figures are reused instead of validating again
-        t0 = time.perf_counter()
-        run_dir = Path(
-            train_fn(
-                data=data, cfg=cfg, weights="", epochs=epochs, imgsz=imgsz, batch_size=batch_size,
-                project=str(save_dir / "train"), name=label, exist_ok=True, noplots=True, device=device,
-                workers=workers, callbacks={"on_train_end": [lambda results, **_: final.append(results)]}, **kwargs,
-            )
-        )  # fmt: skip
-        files[label] = str(run_dir / "weights" / "best.pt")
-        results = run_dir / "results.csv"
-        rows[label] = StudyRow(label, "model", 0, 0.0, 0.0, train_s=time.perf_counter() - t0)
-        rows[label].results_csv = str(results) if results.is_file() else ""
-        if final:
-            row = rows[label]
-            row.precision, row.recall, row.map50, row.map = (float(v) for v in final[0][:4])
-
-    def unique(label: str) -> str:  # yolov5n.yaml and yolov5n.pt both given: yolov5n, yolov5n-2
-        out, n = label, 2
-        while out in files:
-            out, n = f"{label}-{n}", n + 1
-        return out
-
-    known = {_label(c) for c in cfgs} | {_label(w) for w in weights}
+    study = _Study(save_dir, data, imgsz, epochs, batch_size, device, workers, train_kwargs or {}, train_fn)
     groups_in = [m.replace("+", ",").split(",") if isinstance(m, str) else list(m) for m in ensembles]  # CLI "a,b"
+    known = {_label(c) for c in cfgs} | {_label(w) for w in weights}
     for token in (t for members in groups_in for t in members):  # before any training: a typo costs nothing
         if token not in known and not Path(token).is_file():
             raise ValueError(f"--ensembles {token}: neither a label of --cfgs/--weights ({sorted(known)}) nor a file")
-    by_path: dict[str, str] = {}  # checkpoint file -> its label
-
     for cfg in cfgs:
-        label = unique(_label(cfg))
-        cfg_of[label] = cfg
-        if epochs > 0:
-            train_one(cfg, label, 0)
-        else:
-            from models.yolo import DetectionModel
-            from utils.checkpoints import save_checkpoint
-
-            files[label] = str(save_checkpoint(DetectionModel(cfg), save_dir / "untrained" / f"{label}.pt"))
-            rows[label] = StudyRow(label, "model", 0, 0.0, 0.0)
+        study.add_cfg(cfg)
     for w in weights:
-        label = by_path[str(w)] = unique(_label(w))
-        files[label] = str(w)
-        rows[label] = StudyRow(label, "model", 0, 0.0, 0.0, results_csv=_results_csv_of(w))
+        study.add_weights(w)
+    groups = [study.ensemble_labels(members) for members in groups_in]
+    cuda = val_device if val_device.type == "cuda" else None
+    study.measure([[lb] for lb in study.rows] + groups, cuda, latency_runs, val_fn)
+    return write_outputs(list(study.rows.values()), save_dir)
 
-    groups: list[list[str]] = []
-    for members in groups_in:
+
+class _Study:
+    """The models of one study by label: their weight files, rows and (for trained configs) model YAMLs."""
+
+    def __init__(self, save_dir, data, imgsz, epochs, batch_size, device, workers, train_kwargs, train_fn):
+        self.save_dir, self.data, self.imgsz, self.epochs = save_dir, data, imgsz, epochs
+        self.batch_size, self.device, self.workers = batch_size, device, workers
+        self.train_kwargs, self.train_fn = train_kwargs, train_fn
+        self.rows: dict[str, StudyRow] = {}
+        self.files: dict[str, str] = {}  # label -> weight file
+        self.cfg_of: dict[str, str] = {}  # label -> model YAML (trainable)
+        self.by_path: dict[str, str] = {}  # checkpoint file -> its label
+
+    def unique(self, label: str) -> str:
+        """yolov5n.yaml and yolov5n.pt both given: yolov5n, yolov5n-2."""
+        out, n = label, 2
+        while out in self.files:
+            out, n = f"{label}-{n}", n + 1
+        return out
+
+    def add_cfg(self, cfg: str) -> None:
+        """Train ``cfg`` (``epochs`` > 0) or save it untrained for its cost alone."""
+        label = self.unique(_label(cfg))
+        self.cfg_of[label] = cfg
+        if self.epochs > 0:
+            self.train(cfg, label, 0)
+            return
+        from models.yolo import DetectionModel
+        from utils.checkpoints import save_checkpoint
+
+        file = save_checkpoint(DetectionModel(cfg), self.save_dir / "untrained" / f"{label}.pt")
+        self.files[label] = str(file)
+        self.rows[label] = StudyRow(label, "model", 0, 0.0, 0.0)
+
+    def add_weights(self, w: str) -> str:
+        """A checkpoint file under its own label (never confused with a trained config of the same stem)."""
+        label = self.by_path[str(w)] = self.unique(_label(w))
+        self.files[label] = str(w)
+        self.rows[label] = StudyRow(label, "model", 0, 0.0, 0.0, results_csv=_results_csv_of(w))
+        return label
+
+    def train(self, cfg: str, label: str, seed: int) -> None:
+        kwargs = {**self.train_kwargs, **({"seed": seed} if seed else {})}  # e.g. hyp, optimizer
+        final = []  # train.run validates best.pt at the end; those figures are reused instead of validating again
+        t0 = time.perf_counter()
+        run_dir = Path(
+            self.train_fn(
+                data=self.data, cfg=cfg, weights="", epochs=self.epochs, imgsz=self.imgsz,
+                batch_size=self.batch_size, project=str(self.save_dir / "train"), name=label, exist_ok=True,
+                noplots=True, device=self.device, workers=self.workers,
+                callbacks={"on_train_end": [lambda results, **_: final.append(results)]}, **kwargs,
+            )
+        )  # fmt: skip
+        self.files[label] = str(run_dir / "weights" / "best.pt")
+        results = run_dir / "results.csv"
+        row = self.rows[label] = StudyRow(label, "model", 0, 0.0, 0.0, train_s=time.perf_counter() - t0)
+        row.results_csv = str(results) if results.is_file() else ""
+        if final:
+            row.precision, row.recall, row.map50, row.map = (float(v) for v in final[0][:4])
+
+    def ensemble_labels(self, members: list[str]) -> list[str]:
+        """Members' labels; a repeated config is trained again with seed k for its k-th repeat."""
         labels, seen = [], {}
         for token in members:
-            if token in files:  # a label
+            if token in self.files:  # a label
                 base = token
-            elif token in by_path:  # a file given twice
-                base = by_path[token]
-            else:  # a new checkpoint file: its own label, never confused with a trained config of the same stem
-                base = by_path[token] = unique(_label(token))
-                files[base] = token
-                rows[base] = StudyRow(base, "model", 0, 0.0, 0.0, results_csv=_results_csv_of(token))
+            elif token in self.by_path:  # a file given twice
+                base = self.by_path[token]
+            else:
+                base = self.add_weights(token)
             k = seen[base] = seen.get(base, -1) + 1
             label = base if k == 0 else f"{base}-seed{k}"
-            if label not in files:
-                if base not in cfg_of or epochs <= 0:
+            if label not in self.files:
+                if base not in self.cfg_of or self.epochs <= 0:
                     raise ValueError(
                         f"ensemble {list(members)} repeats {base}: identical weights make no ensemble; give its "
                         f"config (--cfgs) with --epochs > 0 to train it again with another seed, or distinct weights"
                     )
-                train_one(cfg_of[base], label, k)
+                self.train(self.cfg_of[base], label, k)
             labels.append(label)
-        groups.append(labels)
+        return labels
 
-    cuda = val_device if val_device.type == "cuda" else None
-    groups = [[lb] for lb in rows] + groups
-    loaded: dict[str, nn.Module] = {}  # ensembles reuse their members' fused models
-    for labels in groups:
-        for lb in labels:
-            if lb not in loaded:
-                loaded[lb] = load_model(files[lb], "cpu")
-        models = [loaded[lb] for lb in labels]
-        row = rows[labels[0]] if len(labels) == 1 else StudyRow(ensemble_name(labels), "ensemble", 0, 0.0, 0.0)
-        row.members = [files[lb] for lb in labels]
-        _measure_cost(row, models, labels, imgsz, cuda, latency_runs)
-        measurable = epochs > 0 or not any(lb in cfg_of for lb in labels)  # untrained configs: cost only
-        if measurable and math.isnan(row.map):  # not yet validated by its own training run
-            result = val_fn(
-                data=data, weights=row.members, batch_size=batch_size, imgsz=imgsz, device=device, workers=workers,
-                project=str(save_dir / "val"), name=row.name, exist_ok=True, noplots=True,
-            )[0]  # fmt: skip
-            row.precision, row.recall, row.map50, row.map = result.mp, result.mr, result.map50, result.map
-        rows[row.name] = row
-    return write_outputs(list(rows.values()), save_dir)
+    def measure(self, groups: list[list[str]], cuda: torch.device | None, latency_runs: int, val_fn) -> None:
+        """Cost and latency of every model and ensemble; mAP from ``val_fn`` where training did not give it."""
+        from utils.checkpoints import load_model
+
+        loaded: dict[str, nn.Module] = {}  # ensembles reuse their members' fused models
+        for labels in groups:
+            for lb in labels:
+                if lb not in loaded:
+                    loaded[lb] = load_model(self.files[lb], "cpu")
+            models = [loaded[lb] for lb in labels]
+            one = len(labels) == 1
+            row = self.rows[labels[0]] if one else StudyRow(ensemble_name(labels), "ensemble", 0, 0.0, 0.0)
+            row.members = [self.files[lb] for lb in labels]
+            _measure_cost(row, models, labels, self.imgsz, cuda, latency_runs)
+            measurable = self.epochs > 0 or not any(lb in self.cfg_of for lb in labels)  # untrained: cost only
+            if measurable and math.isnan(row.map):  # not yet validated by its own training run
+                result = val_fn(
+                    data=self.data, weights=row.members, batch_size=self.batch_size, imgsz=self.imgsz,
+                    device=self.device, workers=self.workers, project=str(self.save_dir / "val"), name=row.name,
+                    exist_ok=True, noplots=True,
+                )[0]  # fmt: skip
+                row.precision, row.recall, row.map50, row.map = result.mp, result.mr, result.map50, result.map
+            self.rows[row.name] = row
 
 
 def _measure_cost(
@@ -394,6 +406,6 @@ def write_outputs(rows: Sequence[StudyRow], save_dir: Path) -> Path:
     plot_curves(rows, save_dir / "training_curves.png")
     text = "\n".join(lines)
     (save_dir / "summary.txt").write_text(text + "\n")
-    print(text)
-    print(f"Study results saved to {save_dir}")
+    LOGGER.info(text)
+    LOGGER.info(f"Study results saved to {save_dir}")
     return save_dir

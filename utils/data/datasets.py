@@ -14,6 +14,9 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.augment import letterbox, resize_long_side
 from utils.data.dataset_config import list_image_files
 from utils.data.labels import WARN, folder_writable, scan_labels
+from utils.data.samplers import DistributedRectSampler
+from utils.log import LOGGER
+from utils.train.dist import local_world_size
 
 
 def rect_batch_shapes(shapes_wh: np.ndarray, batch_size: int, img_size: int, stride: int, pad: float) -> np.ndarray:
@@ -92,7 +95,7 @@ class YoloDataset(Dataset):
     def _cache_images(self, cache: str, prefix: str) -> None:
         if cache == "disk":
             if not folder_writable(Path(self.im_files[0]).parent):
-                print(f"{prefix}{WARN} image folder is not writeable, --cache disk skipped (use --cache ram)")
+                LOGGER.warning(f"{prefix}{WARN} image folder is not writeable, --cache disk skipped (use --cache ram)")
                 return
             for i, f in enumerate(self.npy_files):
                 if not f.exists():
@@ -102,7 +105,7 @@ class YoloDataset(Dataset):
         for i in range(len(self)):
             self.ims[i] = self.load_image(i)[0]
             gb += self.ims[i].nbytes
-        print(f"{prefix}Caching images ({gb / 1e9:.1f}GB ram)")
+        LOGGER.info(f"{prefix}Caching images ({gb / 1e9:.1f}GB ram)")
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Image ``i`` as BGR with its long side resized to ``img_size``; returns (im, (h0, w0), (h, w))."""
@@ -235,13 +238,18 @@ def make_loader(
 
     Training builds a new loader when the dataset's state changes (mosaic switched off for the last epochs):
     persistent workers hold their own copy of the dataset and would not see the change. ``sampler`` overrides
-    shuffling (``--image-weights``); ``rank`` >= 0 uses a DistributedSampler. ``quad`` collates 4 images into one
-    (and drops an incomplete last batch).
+    shuffling (``--image-weights``); ``rank`` >= 0 (a started process group) uses a DistributedSampler, or for
+    rectangular batches a ``DistributedRectSampler``; DataLoader workers per rank are at most the machine's cores
+    divided by its ranks. ``quad`` collates 4 images into one (and drops an incomplete last batch).
     """
     batch_size = min(batch_size, len(dataset))
-    nw = min(os.cpu_count() or 1, batch_size if batch_size > 1 else 0, workers)
+    cpus = max(1, (os.cpu_count() or 1) // local_world_size())  # the machine's cores are shared by its ranks
+    nw = min(cpus, batch_size if batch_size > 1 else 0, workers)
     if sampler is None and rank != -1:
-        sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+        if dataset.rect:  # each per-rank batch must be one of the dataset's rectangular batches
+            sampler = DistributedRectSampler(dataset.batch_index, batch_size)
+        else:
+            sampler = distributed.DistributedSampler(dataset, shuffle=shuffle, seed=seed)
     generator = torch.Generator()
     generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
     return DataLoader(

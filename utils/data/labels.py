@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from utils.boxes import xyxy2xywh
 from utils.data.dataset_config import img2label_path
+from utils.log import LOGGER
 
 CACHE_VERSION = 2
 WARN = "WARNING ⚠️"
@@ -149,16 +153,18 @@ def folder_writable(folder: Path) -> bool:
 
 def _write_cache(path: Path, cache: dict, prefix: str) -> None:
     if not folder_writable(path.parent):
-        print(f"{prefix}{WARN} Cache directory {path.parent} is not writeable, label cache not saved")
+        LOGGER.warning(f"{prefix}{WARN} Cache directory {path.parent} is not writeable, label cache not saved")
         return
     try:
         fd, tmp = tempfile.mkstemp(prefix=".cache.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(cache, fh)
         os.replace(tmp, path)
-        print(f"{prefix}New cache created: {path}")
+        LOGGER.info(f"{prefix}New cache created: {path}")
     except OSError as e:
-        print(f"{prefix}{WARN} Cache directory {path.parent} is not writeable, label cache not saved ({e.strerror})")
+        LOGGER.warning(
+            f"{prefix}{WARN} Cache directory {path.parent} is not writeable, label cache not saved ({e.strerror})"
+        )
 
 
 def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8, use_cache: bool = True) -> LabelScan:
@@ -172,7 +178,8 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
         results = {}
         counts = {"found": 0, "missing": 0, "empty": 0, "corrupt": 0}
         with ThreadPoolExecutor(max(1, min(workers, 16))) as pool:
-            bar = tqdm(total=len(im_files), desc=desc, bar_format="{l_bar}{bar:10}{r_bar}")
+            quiet = not LOGGER.isEnabledFor(logging.INFO)  # a silenced package logger hides the bar too
+            bar = tqdm(total=len(im_files), desc=desc, bar_format="{l_bar}{bar:10}{r_bar}", disable=quiet)
             checked = pool.map(verify_image_label, im_files, lb_files, [nc] * len(im_files))
             for f, (lb, size, status, msg) in zip(im_files, checked):
                 bar.update(1)
@@ -186,14 +193,14 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
             _write_cache(cache_file, cache, prefix)
     else:
         c = cache["counts"]
-        print(f"{desc} {_summary(c)} (from cache)")
+        LOGGER.info(f"{desc} {_summary(c)} (from cache)")
     scan = LabelScan([], [], np.zeros((0, 2)))
     shapes = []
     for f in im_files:
         lb, size, msg = cache["entries"][f]
         if msg:
             scan.messages.append(msg)
-            print(f"{prefix}{msg}")
+            LOGGER.warning(f"{prefix}{msg}")
         if lb is None:
             continue
         scan.im_files.append(f)
@@ -207,5 +214,21 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
 
         raise DatasetError(f"{prefix}no usable images in {cache_file.with_suffix('')} ({c['corrupt']} corrupt)")
     if scan.n_found == 0:
-        print(f"{prefix}{WARN} no labels found in {cache_file.with_suffix('')}: training needs labels")
+        LOGGER.warning(f"{prefix}{WARN} no labels found in {cache_file.with_suffix('')}: training needs labels")
     return scan
+
+
+def write_yolo_labels(det: torch.Tensor, shape0: tuple[int, ...], file: Path, save_conf: bool = False) -> None:
+    """Append detections to a YOLO label file, one ``cls x y w h [conf]`` line each (``%g``, xywhn).
+
+    Args:
+        det: Tensor[n, 6] (x1, y1, x2, y2, conf, cls) in original-image pixels.
+        shape0: the original image's shape (height, width, ...).
+    """
+    det = det.detach().float().cpu()
+    gn = torch.tensor((shape0[1], shape0[0], shape0[1], shape0[0]))
+    xywhn = xyxy2xywh(det[:, :4]) / gn
+    with open(file, "a", encoding="utf-8") as f:
+        for (cls,), xywh, (conf,) in zip(det[:, 5:6].tolist(), xywhn.tolist(), det[:, 4:5].tolist()):
+            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+            f.write(("%g " * len(line)).rstrip() % line + "\n")

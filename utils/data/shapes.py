@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.log import LOGGER
+
 CLASSES: tuple[str, ...] = ("circle", "rectangle", "triangle", "star", "cross")
 DEFAULTS: dict[str, int] = {"n_train": 800, "n_val": 200, "imgsz": 256, "seed": 0}
 FORMAT_VERSION = 1  # bump when the drawing changes, so existing datasets are regenerated
@@ -237,6 +239,6 @@ def ensure_shapes_dataset(root: Path, **params: int) -> Path:
         return root
     if marker is None and root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists but is not a generated shapes dataset (no {MARKER}); not overwriting it")
-    print(f"Generating synthetic shapes dataset in {root} ...")
+    LOGGER.info(f"Generating synthetic shapes dataset in {root} ...")
     kwargs = {k: wanted[k] for k in DEFAULTS}
     return generate_shapes_dataset(root, **kwargs, progress=True)

@@ -8,7 +8,6 @@ can be mapped back with ``utils.boxes.scale_boxes_to_original(im.shape[1:], boxe
 from __future__ import annotations
 
 import glob
-import logging
 import math
 import os
 import threading
@@ -22,8 +21,7 @@ import numpy as np
 
 from utils.data.augment import letterbox
 from utils.errors import UserError
-
-LOGGER = logging.getLogger(__name__)
+from utils.log import LOGGER
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm")
 VID_FORMATS = ("asf", "avi", "gif", "m4v", "mkv", "mov", "mp4", "mpeg", "mpg", "ts", "wmv")

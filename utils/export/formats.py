@@ -26,6 +26,7 @@ from torch import nn
 
 from utils.checkpoints import FORMAT, checkpoint_dict, save_atomic
 from utils.errors import UserError
+from utils.log import LOGGER
 
 
 class ExportError(UserError):
@@ -120,7 +121,7 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOpti
             do_constant_folding=True,
         )
     proto = onnx.load(str(file))
-    onnx.checker.check_model(proto)
+    onnx.checker.check_model(proto, full_check=True)  # type and shape inference too: catches ops given fp16
     if opts.simplify:
         try:
             import onnxslim
@@ -198,7 +199,7 @@ def export_pt(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOption
     ckpt.update(state_dict=dense, sparse_state_dict=sparse, encoding="bitmask+fp16" if sparse else "fp16")
     save_atomic(ckpt, file)
     size = file.stat().st_size
-    print(
+    LOGGER.info(
         f"PyTorch: dense fp16 checkpoint {dense_size / 1e6:.2f} MB; this file {size / 1e6:.2f} MB "
         f"({len(sparse)} tensors as bitmask + fp16 non-zero values, conv sparsity {100 * sparsity:.1f}%)"
     )
@@ -219,7 +220,7 @@ def export_engine(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOp
     onnx_opts.half = onnx_opts.nms = False
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    network = builder.create_network(trt_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = export_onnx(model, im.float(), Path(tmp) / "model.onnx", onnx_opts)
@@ -236,10 +237,18 @@ def export_engine(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOp
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise ExportError("TensorRT engine build failed (see the TensorRT log above)")
-    meta = json.dumps(export_metadata(model, opts)).encode()
+    meta = json.dumps(export_metadata(model, opts, half=False, fp16_kernels=opts.half)).encode()  # fp32 bindings
     with open(file, "wb") as fh:
         fh.write(len(meta).to_bytes(4, "little") + meta + bytes(engine))
     return file
+
+
+def trt_network_flags(trt: Any) -> int:
+    """``create_network`` flags: explicit batch, which TensorRT 7/8's ONNX parser requires (implicit-batch networks
+    are refused) and which TensorRT 10 made the only mode (the flag is deprecated there: 0)."""
+    if int(str(trt.__version__).split(".")[0]) >= 10:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
 
 
 def export_coreml(model: nn.Module, im: torch.Tensor, file: Path, opts: ExportOptions) -> Path:
@@ -300,6 +309,9 @@ def format_row(flag: str) -> ExportFormat:
         if row.flag == flag.lower():
             return row
     raise ExportError(f"--include {flag}: unknown format; choose from {', '.join(r.flag for r in FORMATS)}")
+
+
+HALF_NEEDS_CUDA = ("torchscript", "onnx", "engine")  # fp16 graphs; OpenVINO --half only compresses stored weights
 
 
 def missing_requirement(row: ExportFormat, device: torch.device) -> str | None:
@@ -386,7 +398,7 @@ def check_export(row: ExportFormat, file: Path, model: nn.Module, opts: ExportOp
         y = load_backend(file, device)(x)  # .pt files load through the same interface as the exports
     diff = float((y.float() - ref.float()).abs().max())
     tol = (5e-3 if opts.half or row.flag == "pt" else 1e-3) * (1 + float(ref.abs().max()))
-    print(f"{row.name}: max abs difference vs PyTorch {diff:.2e} on {tuple(x.shape)} (tolerance {tol:.2g})")
+    LOGGER.info(f"{row.name}: max abs difference vs PyTorch {diff:.2e} on {tuple(x.shape)} (tolerance {tol:.2g})")
     if not diff <= tol:
         raise ExportError(f"output differs from PyTorch by {diff:.3g} (tolerance {tol:.3g})")
     return diff
@@ -406,13 +418,14 @@ def _check_nms(file: Path, x: torch.Tensor, ref: torch.Tensor, opts: ExportOptio
     so.log_severity_level = 3  # overridable thresholds are initializers listed as inputs: ORT warns, by design
     session = ort.InferenceSession(str(file), so, providers=["CPUExecutionProvider"])
     conf = 0.001
-    dets = session.run(None, {"images": x.cpu().numpy(), "conf_thres": np.array([conf], np.float32)})[0]
+    images = x.cpu().numpy().astype(np.float16 if opts.half else np.float32)  # an fp16 export takes fp16 images
+    dets = session.run(None, {"images": images, "conf_thres": np.array([conf], np.float32)})[0]
     expect = non_max_suppression(ref.float().cpu(), conf, opts.iou_thres, max_det=opts.max_det)
     expect = torch.cat([torch.cat((torch.full((len(d), 1), float(i)), d), 1) for i, d in enumerate(expect)])
     if len(dets) != len(expect):
         raise ExportError(f"in-graph NMS kept {len(dets)} boxes, PyTorch + non_max_suppression {len(expect)}")
     diff = float((torch.from_numpy(dets) - expect).abs().max()) if len(dets) else 0.0
-    print(f"ONNX: {len(dets)} detections, max abs difference vs PyTorch + non_max_suppression {diff:.2e}")
+    LOGGER.info(f"ONNX: {len(dets)} detections, max abs difference vs PyTorch + non_max_suppression {diff:.2e}")
     if diff > 1e-2 * (1 + max(opts.imgsz)):
         raise ExportError(f"in-graph NMS boxes differ from PyTorch by {diff:.3g}")
     return diff
@@ -447,17 +460,19 @@ def export_formats(
                 mb = file_size_mb(file)
                 h, w = opts.imgsz
                 shapes = "dynamic shapes" if row_opts.dynamic else f"fixed input {opts.batch_size}x3x{h}x{w}"
-                print(f"{row.name}: export success ✅ {time.time() - t0:.1f}s, saved as {file} ({mb:.1f} MB, {shapes})")
+                LOGGER.info(
+                    f"{row.name}: export success ✅ {time.time() - t0:.1f}s, saved as {file} ({mb:.1f} MB, {shapes})"
+                )
                 if row.checked:
                     check_export(row, file, model, row_opts, device)
                 else:
-                    print(f"{row.name}: not compared with PyTorch (this toolkit has no {row.name} runtime)")
+                    LOGGER.info(f"{row.name}: not compared with PyTorch (this toolkit has no {row.name} runtime)")
                 done[row.flag] = file
                 continue
             except Exception as e:  # every format's failure is reported with its reason, none is dropped
                 lines = str(e).strip().splitlines()
                 reason = f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
-        print(f"{row.name}: export failure ❌ {reason}")
+        LOGGER.info(f"{row.name}: export failure ❌ {reason}")
         failed.append(f"{row.name} ({reason})")
     if failed:
         raise ExportError(f"export failed for {len(failed)} of {len(rows)} format(s): {'; '.join(failed)}")

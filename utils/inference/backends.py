@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from utils.checkpoints import CheckpointError, load_model, normalize_names
+from utils.log import LOGGER
 
 
 class BackendError(CheckpointError):
@@ -130,10 +131,13 @@ class PyTorchBackend(Backend):
         self.path, self.device, self.model = str(path), device, model
         self.names, self.stride, self.nl = model.names, model.stride, model.detect.nl
         self.imgsz, self.batch, self.dynamic, self.supports_rect = (640, 640), None, True, True
+        self.autocast_dtype: torch.dtype | None = None  # torch.bfloat16: CPU --half (fp32 weights, bf16 compute)
 
     def forward(self, im: torch.Tensor) -> torch.Tensor:
         dtype = next(self.model.parameters()).dtype
-        y = self.model(im.to(dtype).contiguous(memory_format=torch.channels_last))
+        x = im.to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(im.device.type, self.autocast_dtype or torch.float32, enabled=bool(self.autocast_dtype)):
+            y = self.model(x)
         return y[0] if isinstance(y, (tuple, list)) else y
 
 
@@ -180,7 +184,7 @@ class OnnxBackend(Backend):
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
             else:
-                print(f"WARNING ⚠️ {path}: onnxruntime has no CUDA provider here; running ONNX on the CPU")
+                LOGGER.warning(f"WARNING ⚠️ {path}: onnxruntime has no CUDA provider here; running ONNX on the CPU")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = _threads()
@@ -225,7 +229,7 @@ class OpenVINOBackend(Backend):
         meta = yaml.safe_load(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         meta = decode_metadata(meta or {})
         if device.type != "cpu":
-            print(f"WARNING ⚠️ {path}: OpenVINO runs on the CPU here, not {device}")
+            LOGGER.warning(f"WARNING ⚠️ {path}: OpenVINO runs on the CPU here, not {device}")
         core = ov.Core()
         model = core.read_model(str(xmls[0]))
         shape = model.inputs[0].get_partial_shape()
@@ -273,5 +277,5 @@ def load_backend(path: str | Path, device: torch.device, fuse: bool = True) -> B
         return cls(path, device, fuse=fuse)
     if not Path(path).exists():
         raise FileNotFoundError(f"--weights {path}: file not found")
-    print(f"Loading {path} for {cls.format_name} inference...")
+    LOGGER.info(f"Loading {path} for {cls.format_name} inference...")
     return cls(path, device)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from utils.errors import UsageError
+from utils.log import LOGGER
 
 METHODS = ("l1", "l2", "bn-scale")
 WIDTHS_KEY = "channel_widths"
@@ -197,9 +198,9 @@ def channel_prune(
     model.yaml = {**copy.deepcopy(model.yaml), WIDTHS_KEY: widths}
     n1, f1 = sum(p.numel() for p in model.parameters()), model_flops(model, 640)
     scope = "global" if global_pruning else "per layer"
-    print(f"Channel pruning ({method}, {scope} {ratio:g}): {n0} -> {n1} parameters, {f0:.1f} -> {f1:.1f} GFLOPs")
+    LOGGER.info(f"Channel pruning ({method}, {scope} {ratio:g}): {n0} -> {n1} parameters, {f0:.1f} -> {f1:.1f} GFLOPs")
     if verbose:
-        print(f"{'layer':>28s} {'out':>5s} {'in':>5s}")
+        LOGGER.info(f"{'layer':>28s} {'out':>5s} {'in':>5s}")
         for name, (out_ch, in_ch, _) in widths.items():
-            print(f"{name:>28s} {out_ch:>5d} {in_ch:>5d}")
+            LOGGER.info(f"{name:>28s} {out_ch:>5d} {in_ch:>5d}")
     return widths

@@ -6,6 +6,8 @@ mixed freely inside an ensemble. PyTorch members can be pruned and run in fp16; 
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -13,8 +15,41 @@ from torch import nn
 
 from models.ensemble import Ensemble, members_summary
 from models.yolo import model_summary
+from utils.devices import cpu_has_native_bf16
 from utils.errors import UsageError
 from utils.inference.backends import Backend, PyTorchBackend, load_backend
+from utils.log import LOGGER
+
+
+@dataclass
+class InferenceOptions:
+    """How ``load_inference_model`` builds the model: the inference flags of val.py, detect.py and benchmarks.py.
+
+    ``imgsz`` is the square input size (pixels) used for the summary's GFLOPs and to check fixed-shape exports.
+    """
+
+    half: bool = False  # fp16 PyTorch members (CUDA only; a warning and fp32 elsewhere)
+    augment: bool = False  # test-time augmentation (utils.inference.tta)
+    tta_scales: list[float] | None = None
+    tta_flips: list[str] | None = None
+    ensemble_mode: str = "nms"  # one of models.ensemble.ENSEMBLE_MODES
+    prune: float = 0.0  # global L1 unstructured sparsity of the fused conv weights
+    prune_exclude: list[str] | None = None  # module name prefixes kept dense
+    verbose: bool = False  # per-layer prune table, per-member ensemble timings
+    imgsz: int = 640
+    fuse: bool = True
+    prune_channels: float = 0.0  # structured: fraction of conv output channels removed (utils.inference.channel_prune)
+    prune_method: str = "l1"  # channel importance: l1, l2 or bn-scale
+    prune_global: bool = False  # one channel ranking over the whole network instead of per layer
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> InferenceOptions:
+        """The options from flat keywords (``run(**kwargs)``); an unknown keyword is a ``TypeError`` naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {unknown}; inference options are {sorted(known)}")
+        return cls(**kwargs)
 
 
 class InferenceModel(nn.Module):
@@ -27,7 +62,8 @@ class InferenceModel(nn.Module):
         names: class names by index. max_stride: the largest stride (input sizes must be multiples).
         supports_rect: whether inputs may be non-square (rectangular batches); False when a member has a fixed
             input shape, which then is ``fixed_imgsz`` (height, width), else None.
-        half_precision: fp16 inputs expected. member_times: per-member seconds for ensembles, else None.
+        half_precision: fp16 inputs expected (CUDA ``--half``; CPU bf16 autocast takes fp32 inputs).
+        member_times: per-member seconds for ensembles, else None.
     """
 
     def __init__(
@@ -57,14 +93,20 @@ class InferenceModel(nn.Module):
     def print_member_times(self, seen: int) -> None:
         times = [t / max(seen, 1) * 1e3 for t in self.member_times]
         parts = ", ".join(f"{Path(p).name} {t:.1f}ms" for p, t in zip(self.weight_paths, times))
-        print(f"Ensemble inference per image: {parts}; total {sum(times):.1f}ms")
+        LOGGER.info(f"Ensemble inference per image: {parts}; total {sum(times):.1f}ms")
 
     def forward(self, x: torch.Tensor):
         return self.net(x)
 
 
-def _warn_half_on_cpu(device: torch.device) -> None:
-    print(f"WARNING ⚠️ --half: fp16 inference is CUDA-only; running fp32 on {device.type.upper()}")
+def _cpu_half_dtype(device: torch.device) -> torch.dtype | None:
+    """``--half`` off CUDA: bf16 autocast on a CPU with native bf16 (one line says so), else a warning and fp32."""
+    if device.type == "cpu" and cpu_has_native_bf16():
+        LOGGER.info("--half: this CPU has native bf16 (AMX/AVX512-BF16); PyTorch models run in bf16 autocast")
+        return torch.bfloat16
+    why = "this CPU has no native bf16 (AMX/AVX512-BF16)" if device.type == "cpu" else "fp16 inference is CUDA-only"
+    LOGGER.warning(f"WARNING ⚠️ --half: {why}; running fp32 on {device.type.upper()}")
+    return None
 
 
 def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[int, int] | None:
@@ -86,63 +128,53 @@ def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[
     return h, w
 
 
-def _channel_prune_member(
-    model: nn.Module, ratio: float, method: str, global_pruning: bool, fuse: bool, verbose: bool
-) -> None:
+def _channel_prune_member(model: nn.Module, opts: InferenceOptions) -> None:
     """Channel-prune an unfused member (BatchNorm weights take part in the ranking), then fuse it."""
     from utils.inference.channel_prune import channel_prune
 
-    channel_prune(model, ratio, method, global_pruning, verbose=verbose)
-    if fuse:
+    channel_prune(model, opts.prune_channels, opts.prune_method, opts.prune_global, verbose=opts.verbose)
+    if opts.fuse:
         model.fuse(verbose=False)
     model.to(memory_format=torch.channels_last)
 
 
 def load_inference_model(
-    weights: list[str] | str,
-    device: torch.device,
-    half: bool = False,
-    augment: bool = False,
-    tta_scales: list[float] | None = None,
-    tta_flips: list[str] | None = None,
-    ensemble_mode: str = "nms",
-    prune: float = 0.0,
-    prune_exclude: list[str] | None = None,
-    verbose: bool = False,
-    imgsz: int = 640,
-    fuse: bool = True,
-    prune_channels: float = 0.0,
-    prune_method: str = "l1",
-    prune_global: bool = False,
+    weights: list[str] | str, device: torch.device, opts: InferenceOptions | None = None, **overrides
 ) -> InferenceModel:
     """Load one or several weights of any format into an ``InferenceModel``; prints the summary line(s).
 
+    ``overrides`` are ``InferenceOptions`` fields that replace those of ``opts`` (``augment=True, imgsz=320``).
     ``prune_channels`` removes that fraction of channels from every PyTorch member before it is fused (see
     ``utils.inference.channel_prune``). Raises ``UsageError`` for flags an exported member cannot honour
     (``--prune``, ``--prune-channels``; ``--augment`` with a fixed-shape export; an ``--imgsz`` other than a fixed
     export's) instead of dropping that member or the flag.
     """
+    opts = replace(opts or InferenceOptions(), **overrides)
+    half, imgsz, prune = opts.half, opts.imgsz, opts.prune
     paths = [str(p) for p in ([weights] if isinstance(weights, (str, Path)) else list(weights))]
     if not paths:
         raise FileNotFoundError("--weights: no weights given")
+    cpu_dtype = None
     if half and device.type != "cuda":
-        _warn_half_on_cpu(device)
-        half = False
+        cpu_dtype = _cpu_half_dtype(device)
+        half = False  # inputs stay fp32: autocast casts them at each convolution
     if any(p.lower().endswith(".pt") for p in paths):
-        print("Fusing layers... ") if fuse else None
+        if opts.fuse:
+            LOGGER.info("Fusing layers... ")
     members: list[Backend] = []
     for p in paths:
-        m = load_backend(p, device, fuse=fuse and not prune_channels)
+        m = load_backend(p, device, fuse=opts.fuse and not opts.prune_channels)
         if isinstance(m, PyTorchBackend):
-            if prune_channels:
-                _channel_prune_member(m.model, prune_channels, prune_method, prune_global, fuse, verbose)
-            print(model_summary(m.model, imgsz))
-        elif prune or prune_channels:
+            if opts.prune_channels:
+                _channel_prune_member(m.model, opts)
+            if LOGGER.isEnabledFor(logging.INFO):  # thop's count costs ~0.5 s
+                LOGGER.info(model_summary(m.model, imgsz))
+        elif prune or opts.prune_channels:
             flag = "--prune" if prune else "--prune-channels"
             raise UsageError(f"{flag}: {p} is an exported model; prune at export (export.py {flag}) instead")
         members.append(m)
     fixed = _fixed_input(members, paths, imgsz)
-    if augment and fixed is not None:
+    if opts.augment and fixed is not None:
         raise UsageError(
             f"--augment: TTA rescales the input, but {paths[[m.dynamic for m in members].index(False)]} has a fixed "
             f"{fixed[0]}x{fixed[1]} input; re-export it with --dynamic"
@@ -152,14 +184,14 @@ def load_inference_model(
         from utils.inference.prune import global_l1_prune
 
         for m in torch_models:
-            global_l1_prune(m, prune, prune_exclude, verbose=verbose)
+            global_l1_prune(m, prune, opts.prune_exclude, verbose=opts.verbose)
     ensemble = None
     if len(members) > 1:
-        ensemble = Ensemble(members, ensemble_mode, paths)
-        if len(torch_models) == len(members):
-            print(members_summary(torch_models, paths, imgsz))
+        ensemble = Ensemble(members, opts.ensemble_mode, paths)
+        if len(torch_models) == len(members) and LOGGER.isEnabledFor(logging.INFO):
+            LOGGER.info(members_summary(torch_models, paths, imgsz))
         else:
-            print(f"Ensemble created with {paths} ({', '.join(m.format_name for m in members)})")
+            LOGGER.info(f"Ensemble created with {paths} ({', '.join(m.format_name for m in members)})")
         net: nn.Module = ensemble
         stride = int(ensemble.stride.max())
     else:
@@ -168,10 +200,13 @@ def load_inference_model(
     if half:
         for m in torch_models:
             m.half()
-    if augment:
+    for m in members:
+        if isinstance(m, PyTorchBackend):
+            m.autocast_dtype = cpu_dtype
+    if opts.augment:
         from utils.inference.tta import TTA
 
         levels = {m.nl for m in members}
-        net = TTA(net, tta_scales, tta_flips, stride, nl=levels.pop() if len(levels) == 1 else None)
+        net = TTA(net, opts.tta_scales, opts.tta_flips, stride, nl=levels.pop() if len(levels) == 1 else None)
     names = members[0].names
     return InferenceModel(net, names, max(stride, 32), paths, half, ensemble, fixed)

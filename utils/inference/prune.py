@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from utils.errors import UsageError
+from utils.log import LOGGER
 
 
 def prunable_convs(model: nn.Module, exclude: list[str] | None = None) -> list[tuple[str, nn.Conv2d]]:
@@ -41,7 +42,7 @@ def global_l1_prune(
     convs = prunable_convs(model, exclude)
     if not convs:
         raise UsageError(f"--prune-exclude {exclude}: every conv layer is excluded, nothing to prune")
-    print(f"Pruning model... {amount:g} global sparsity")
+    LOGGER.info(f"Pruning model... {amount:g} global sparsity")
     nhwc = [
         m.weight.is_contiguous(memory_format=torch.channels_last) and not m.weight.is_contiguous() for _, m in convs
     ]
@@ -55,11 +56,11 @@ def global_l1_prune(
     zeros = sum(int((m.weight == 0).sum()) for _, m in convs)
     total = sum(m.weight.numel() for _, m in convs)
     lo, hi = min(per_layer.values()), max(per_layer.values())
-    print(f"Pruned: {100 * zeros / total:.1f}% of conv weights zero (per layer {100 * lo:.1f}%-{100 * hi:.1f}%)")
+    LOGGER.info(f"Pruned: {100 * zeros / total:.1f}% of conv weights zero (per layer {100 * lo:.1f}%-{100 * hi:.1f}%)")
     if verbose:
-        print(f"{'layer':>28s} {'weights':>10s} {'sparsity':>9s}")
+        LOGGER.info(f"{'layer':>28s} {'weights':>10s} {'sparsity':>9s}")
         for n, m in convs:
-            print(f"{n:>28s} {m.weight.numel():>10d} {100 * per_layer[n]:>8.1f}%")
+            LOGGER.info(f"{n:>28s} {m.weight.numel():>10d} {100 * per_layer[n]:>8.1f}%")
     return per_layer
 
 

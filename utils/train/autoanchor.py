@@ -10,6 +10,8 @@ import torch
 from scipy.cluster.vq import kmeans
 from tqdm import tqdm
 
+from utils.log import LOGGER
+
 PREFIX = "AutoAnchor: "
 
 
@@ -116,20 +118,22 @@ def kmean_anchors(
     wh0 = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
     tiny = int((wh0 < 3.0).any(1).sum())
     if tiny:
-        print(f"{PREFIX}WARNING ⚠️ Extremely small objects found: {tiny} of {len(wh0)} labels are <3 pixels in size")
+        LOGGER.warning(
+            f"{PREFIX}WARNING ⚠️ Extremely small objects found: {tiny} of {len(wh0)} labels are <3 pixels in size"
+        )
     # Labels with both sides under 2 px carry no usable shape and would drag the clusters to zero.
     wh_np = wh0[(wh0 >= 2.0).any(1)].astype(np.float32)
 
     k = None
     if n <= len(wh_np):
-        print(f"{PREFIX}Running kmeans for {n} anchors on {len(wh_np)} points...")
+        LOGGER.info(f"{PREFIX}Running kmeans for {n} anchors on {len(wh_np)} points...")
         std = wh_np.std(0)
         std[std == 0] = 1.0  # identical sizes along one axis: nothing to whiten
         centroids = _kmeans(wh_np / std, n, rng) * std
         if len(centroids) == n:  # scipy drops clusters that end up empty
             k = centroids
     if k is None:
-        print(f"{PREFIX}WARNING ⚠️ switching strategies from kmeans to random init")
+        LOGGER.warning(f"{PREFIX}WARNING ⚠️ switching strategies from kmeans to random init")
         k = np.sort(rng.random(n * 2)).reshape(n, 2) * img_size
 
     wh_t = torch.tensor(wh_np, dtype=torch.float32)
@@ -154,9 +158,9 @@ def kmean_anchors(
             f, k = fg, kg
             pbar.desc = f"{PREFIX}Evolving anchors with Genetic Algorithm: fitness = {f:.4f}"
             if verbose:
-                print(_describe(k[np.argsort(k.prod(1))], wh0_t, thr, img_size))
+                LOGGER.info(_describe(k[np.argsort(k.prod(1))], wh0_t, thr, img_size))
     k = k[np.argsort(k.prod(1))]
-    print(_describe(k, wh0_t, thr, img_size))
+    LOGGER.info(_describe(k, wh0_t, thr, img_size))
     return k.astype(np.float32)
 
 
@@ -169,7 +173,7 @@ def check_anchor_order(anchors: torch.Tensor, strides: torch.Tensor) -> torch.Te
     da = area[-1] - area[0]
     ds = torch.as_tensor(strides).view(-1)[-1] - torch.as_tensor(strides).view(-1)[0]
     if da != 0 and torch.sign(da) != torch.sign(ds.to(da)):
-        print(f"{PREFIX}Reversing anchor order")
+        LOGGER.info(f"{PREFIX}Reversing anchor order")
         return anchors.flip(0)
     return anchors.clone()
 
@@ -203,16 +207,16 @@ def check_anchors(
     bpr, aat = anchor_metrics(anchors_px.detach().cpu().view(-1, 2), wh_t, thr)
     s = f"\n{PREFIX}{aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). "
     if bpr > 0.98:
-        print(f"{s}Current anchors are a good fit to dataset ✅")
+        LOGGER.info(f"{s}Current anchors are a good fit to dataset ✅")
         return None
-    print(f"{s}Anchors are a poor fit to dataset ⚠️, attempting to improve...")
+    LOGGER.info(f"{s}Anchors are a poor fit to dataset ⚠️, attempting to improve...")
     n = anchors_px.numel() // 2
     new = kmean_anchors(wh_t.numpy(), n=n, img_size=imgsz, thr=thr, gen=gen, seed=seed, verbose=False)
     new_bpr, _ = anchor_metrics(torch.from_numpy(new), wh_t, thr)
     if new_bpr <= bpr:
-        print(f"{PREFIX}Done ⚠️ (original anchors better than new anchors, proceeding with original anchors)")
+        LOGGER.info(f"{PREFIX}Done ⚠️ (original anchors better than new anchors, proceeding with original anchors)")
         return None
     out = torch.from_numpy(new).to(dtype=anchors_px.dtype, device=anchors_px.device).view_as(anchors_px)
     out = check_anchor_order(out, strides)
-    print(f"{PREFIX}Done ✅ (optional: update model *.yaml to use these anchors in the future)")
+    LOGGER.info(f"{PREFIX}Done ✅ (optional: update model *.yaml to use these anchors in the future)")
     return out

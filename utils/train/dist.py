@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from utils.log import LOGGER
+
 
 def rank() -> int:
     """Global rank of this process, -1 when not launched by torchrun."""
@@ -29,6 +31,19 @@ def local_rank() -> int:
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_world_size() -> int:
+    """Processes of this run on this machine (torchrun's ``LOCAL_WORLD_SIZE``), 1 when not launched by torchrun."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def sampler_rank() -> int:
+    """This process's rank for data sharding: -1 (no DistributedSampler) unless a process group is running.
+
+    ``torchrun --nproc_per_node 1`` sets ``LOCAL_RANK`` but starts no group; a DistributedSampler would fail there.
+    """
+    return rank() if is_distributed() else -1
 
 
 def is_main_process() -> bool:
@@ -53,7 +68,10 @@ def init_distributed(device: torch.device, timeout_s: int = 10800) -> torch.devi
     else:
         backend = "gloo"
     if not is_distributed():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # device_id binds NCCL to this rank's GPU; without it the first collective (a barrier) guesses GPU
+        # ``rank % device_count``, which is wrong for --device 2,3
+        bound = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **bound)
     return device
 
 
@@ -101,8 +119,10 @@ def wrap_ddp(model: nn.Module, device: torch.device, sync_bn: bool = False) -> n
         if device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model).to(device)
             if is_main_process():
-                print("Using SyncBatchNorm()")
+                LOGGER.info("Using SyncBatchNorm()")
         elif is_main_process():
-            print("WARNING ⚠️ --sync-bn needs CUDA (SyncBatchNorm has no CPU kernel), keeping per-process BatchNorm")
+            LOGGER.warning(
+                "WARNING ⚠️ --sync-bn needs CUDA (SyncBatchNorm has no CPU kernel), keeping per-process BatchNorm"
+            )
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None)

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from utils.files import append_csv_row
+from utils.log import LOGGER
 from utils.metrics import fitness
 from utils.plots import read_csv_columns
 from utils.train.hyps import load_hyp, mutate_hyp
@@ -68,14 +69,14 @@ def evolve(hyp: dict[str, float], opt: argparse.Namespace, device: torch.device,
     rng = np.random.default_rng(opt.seed)
     for g in range(opt.evolve):
         child = load_hyp(mutate_hyp(select_parent(evolve_csv, rng), rng)) if evolve_csv.exists() else dict(hyp)
-        print(f"\nEvolve generation {g + 1}/{opt.evolve}: {', '.join(f'{k}={v:g}' for k, v in child.items())}")
+        LOGGER.info(f"\nEvolve generation {g + 1}/{opt.evolve}: {', '.join(f'{k}={v:g}' for k, v in child.items())}")
         results = train_fn(dict(child), opt, device)
         append_generation(evolve_csv, results, child)
         write_best_yaml(evolve_csv, evolve_yaml)
     from utils.plots import plot_evolve
 
     plot_evolve(evolve_csv)
-    print(
+    LOGGER.info(
         f"Hyperparameter evolution finished {opt.evolve} generations\nResults saved to {save_dir}\n"
         f"Usage example: $ python train.py --hyp {evolve_yaml}"
     )

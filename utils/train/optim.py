@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.log import LOGGER
 from utils.options import OPTIMIZERS
 
 NOMINAL_BATCH = 64  # the batch size the hyperparameters were tuned for: gradients are accumulated up to it
@@ -51,7 +52,7 @@ def build_optimizer(
         raise ValueError(f"--optimizer {name}: expected one of {', '.join(OPTIMIZERS)}")
     opt.add_param_group({"params": decayed, "weight_decay": decay})
     opt.add_param_group({"params": no_decay, "weight_decay": 0.0})
-    print(
+    LOGGER.info(
         f"optimizer: {type(opt).__name__}(lr={lr}) with parameter groups {len(no_decay)} weight(decay=0.0), "
         f"{len(decayed)} weight(decay={decay}), {len(biases)} bias"
     )

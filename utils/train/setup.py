@@ -25,6 +25,7 @@ from utils.checkpoints import (
 )
 from utils.errors import UsageError
 from utils.files import REPO_ROOT, append_csv_row
+from utils.log import LOGGER
 from utils.train import dist
 from utils.train.optim import NOMINAL_BATCH
 
@@ -65,7 +66,7 @@ def resolve_options(opt: argparse.Namespace, defaults: dict, shapes_job: dict, y
 def _check(opt: argparse.Namespace) -> None:
     ws = dist.world_size()
     if ws == 1 and len(str(opt.device).split(",")) > 1:
-        print(f"WARNING ⚠️ --device {opt.device}: one process trains on the first GPU only; launch with "
+        LOGGER.warning(f"WARNING ⚠️ --device {opt.device}: one process trains on the first GPU only; launch with "
               f"torchrun --nproc_per_node {len(str(opt.device).split(','))} train.py ... for DDP")  # fmt: skip
     if opt.epochs < 1:
         raise UsageError(f"--epochs {opt.epochs}: must be at least 1")
@@ -119,7 +120,7 @@ def _resume_options(opt: argparse.Namespace, defaults: dict) -> argparse.Namespa
     new.resume, new.weights, new.cfg = str(last), str(last), ""
     new.save_dir = str(last.parent.parent)
     new.hyp = ckpt["hyp"]
-    print(f"Resuming training from {last}")
+    LOGGER.info(f"Resuming training from {last}")
     _check(new)
     return new
 
@@ -137,7 +138,8 @@ def build_model(weights: str, cfg: str, nc: int, resume: bool = False) -> tuple[
 
     if not weights:
         return DetectionModel(cfg, ch=3, nc=nc), None
-    path = attempt_download(weights)
+    with dist.main_process_first():  # rank 0 downloads; the others then find the file (no shared .part file)
+        path = attempt_download(weights)
     ckpt = read_checkpoint(path)
     # the checkpoint's own architecture: its tensors replace any ImageNet backbone weights, so none are read
     with checkpoint_weights() if resume or not cfg else contextlib.nullcontext():
@@ -152,7 +154,7 @@ def build_model(weights: str, cfg: str, nc: int, resume: bool = False) -> tuple[
         if k in own and v.shape == own[k].shape and not any(k.endswith(x) for x in exclude)
     }
     model.load_state_dict(keep, strict=False)
-    print(f"Transferred {len(keep)}/{len(own)} items from {Path(str(weights)).name}")
+    LOGGER.info(f"Transferred {len(keep)}/{len(own)} items from {Path(str(weights)).name}")
     return model, ckpt
 
 
@@ -166,7 +168,9 @@ def freeze_layers(model: nn.Module, freeze: list[int]) -> list[str]:
         if not v.requires_grad:
             frozen.append(k)
     if frozen:
-        print(f"freezing {len(frozen)} parameter tensors of layers {sorted({int(k.split('.')[1]) for k in frozen})}")
+        LOGGER.info(
+            f"freezing {len(frozen)} parameter tensors of layers {sorted({int(k.split('.')[1]) for k in frozen})}"
+        )
     return frozen
 
 
@@ -252,7 +256,7 @@ def strip_checkpoint(path: Path) -> None:
         ck.pop(k, None)
     ck["epoch"] = -1
     save_atomic(ck, path)
-    print(f"Optimizer stripped from {path}, {path.stat().st_size / 1e6:.1f}MB")
+    LOGGER.info(f"Optimizer stripped from {path}, {path.stat().st_size / 1e6:.1f}MB")
 
 
 def write_results_row(path: Path, epoch: int, values: list[float]) -> None:

@@ -1,7 +1,9 @@
 """The training engine behind ``train.py``: model setup, the epoch loop, per-epoch validation and checkpoints.
 
 ``train(hyp, opt, device)`` runs one training job described by ``opt`` (the parsed ``train.py`` options, already
-resolved by ``utils.train.setup.resolve_options``) and returns the final validation figures. Validation calls
+resolved by ``utils.train.setup.resolve_options``) and returns the final validation figures. Laid out like
+torchvision's references: ``setup`` builds a ``TrainJob``, then per epoch ``train_one_epoch`` and
+``end_of_epoch`` (validate, results.csv, checkpoints, early stop), and ``finish`` once at the end. Validation calls
 ``utils.evaluate.evaluate``, the function ``val.py`` runs, on the EMA weights.
 """
 
@@ -12,6 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +26,13 @@ from tqdm import tqdm
 from utils.checkpoints import save_atomic
 from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader, label_stats, make_loader
+from utils.devices import autocast_dtype
 from utils.evaluate import EvalOptions, evaluate
+from utils.log import LOGGER
 from utils.metrics import fitness
 from utils.train import dist
 from utils.train.ema import ModelEMA
+from utils.train.loggers import TrainLoggers
 from utils.train.loss import YoloLoss, scale_loss_gains
 from utils.train.optim import (
     accumulate_steps,
@@ -69,7 +75,7 @@ class EarlyStopping:
         self.possible_stop = delta >= self.patience - 1
         stop = delta >= self.patience
         if stop:
-            print(
+            LOGGER.info(
                 f"Stopping training early as no improvement observed in last {self.patience} epochs. "
                 f"Best results observed at epoch {self.best_epoch}, best model saved as best.pt.\n"
                 f"To update EarlyStopping(patience={self.patience}) pass a new patience value, "
@@ -98,21 +104,94 @@ def validate(model, loader, names, device, compute_loss, opt, save_dir=None, plo
     return result.as_tuple(), result.maps
 
 
+@dataclass
+class TrainJob:
+    """What one training job carries from set-up through its epochs to the end (built by ``setup``)."""
+
+    hyp: dict
+    opt: argparse.Namespace
+    device: torch.device
+    save_dir: Path
+    main: bool  # rank 0 (or not distributed): validates, saves, prints, plots
+    ws: int  # world size
+    plots: bool
+    names: dict[int, str]
+    nc: int
+    model: torch.nn.Module  # DDP-wrapped when distributed
+    ema: ModelEMA | None  # rank 0 only
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    lf: Callable[[int], float]
+    dataset: torch.utils.data.Dataset
+    train_loader: torch.utils.data.DataLoader  # replaced when the sampling weights or mosaic change
+    sampler: torch.utils.data.WeightedRandomSampler | None
+    val_loader: torch.utils.data.DataLoader | None  # rank 0 only
+    compute_loss: YoloLoss
+    stopper: EarlyStopping
+    gs: int  # grid size: the largest stride, at least 32
+    imgsz: int
+    imgsz_val: int
+    batch_size: int  # total over all ranks
+    start_epoch: int
+    channels_last: bool
+    amp_dtype: torch.dtype | None  # autocast compute type (fp16 CUDA, bf16 CPU) or None for fp32
+    scaler: torch.amp.GradScaler = field(init=False)
+    nb: int = field(init=False)  # batches per epoch
+    nw: int = field(init=False)  # warmup iterations
+    accumulate: int = 1  # batches per optimizer step (changes during warmup)
+    last_opt_step: int = -1
+    maps: np.ndarray = field(init=False)  # per-class mAP50-95 of the last validation
+    results: tuple = (0.0,) * 7  # (P, R, mAP50, mAP50-95, val box, obj, cls) of the last validation
+    loggers: TrainLoggers | None = None  # TensorBoard (rank 0, not while evolving)
+
+    def __post_init__(self):
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bf16 needs no scaling
+        self.nb = len(self.train_loader)
+        self.nw = warmup_iterations(self.hyp["warmup_epochs"], self.nb)
+        self.maps = np.zeros(self.nc)
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.save_dir / "weights"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.save_dir / "results.csv"
+
+
 def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: Callbacks | None = None) -> tuple:
     """Train as ``opt`` says; returns the final (P, R, mAP50, mAP50-95, val box, obj, cls losses)."""
-    save_dir, epochs, resume = Path(opt.save_dir), opt.epochs, bool(opt.resume)
-    main = dist.is_main_process()
-    ws = dist.world_size() if dist.is_distributed() else 1
+    job = setup(hyp, opt, device)
+    t0 = time.time()
+    epoch = job.start_epoch - 1
+    for epoch in range(job.start_epoch, opt.epochs):
+        mloss, lr = train_one_epoch(job, epoch, callbacks)
+        stop = end_of_epoch(job, epoch, mloss, lr, callbacks) if job.main else False
+        if dist.broadcast_object(stop):
+            break
+    if job.main:
+        finish(job, epoch - job.start_epoch + 1, time.time() - t0, callbacks)
+    return tuple(job.results)
+
+
+def _prepare_save_dir(save_dir: Path, hyp: dict, resume: bool) -> None:
+    """Create ``weights/``, write hyp.yaml; a fresh run drops an old results.csv and stale temporary files."""
     wdir = save_dir / "weights"
-    last, best, results_csv = wdir / "last.pt", wdir / "best.pt", save_dir / "results.csv"
+    wdir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+    if not resume:
+        (save_dir / "results.csv").unlink(missing_ok=True)  # a reused folder (--exist-ok) starts a fresh table
+    for tmp in wdir.glob(".*.pt.*.tmp"):  # left by a run killed while saving (save_atomic's temporary files)
+        tmp.unlink(missing_ok=True)
+
+
+def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
+    """Data, model, optimizer, loaders, loss and resume state for one job (in YOLOv5's order, seeds included)."""
+    save_dir, resume, main = Path(opt.save_dir), bool(opt.resume), dist.is_main_process()
+    ws = dist.world_size() if dist.is_distributed() else 1
     plots = main and not opt.evolve and not opt.noplots
     if main:
-        wdir.mkdir(parents=True, exist_ok=True)
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
-        if not resume:
-            results_csv.unlink(missing_ok=True)  # a reused folder (--exist-ok) starts a fresh table
-        for tmp in wdir.glob(".*.pt.*.tmp"):  # left by a run killed while saving (save_atomic's temporary files)
-            tmp.unlink(missing_ok=True)
+        _prepare_save_dir(save_dir, hyp, resume)
     init_seeds(opt.seed + 1 + dist.rank())
 
     with dist.main_process_first():  # rank 0 generates synthetic data and writes label caches first
@@ -141,43 +220,20 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     accumulate = accumulate_steps(batch_size, opt.nbs)
     weight_decay = scaled_weight_decay(hyp["weight_decay"], batch_size, accumulate, opt.nbs)
     optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], weight_decay)
-    lf = lr_lambda(epochs, hyp["lrf"], opt.cos_lr)
+    lf = lr_lambda(opt.epochs, hyp["lrf"], opt.cos_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
-    with dist.main_process_first():
-        train_loader, dataset = create_dataloader(
-            data["train"], data["nc"], imgsz, batch_size // ws, gs, hyp=hyp, augment=True,
-            cache=opt.cache, rect=opt.rect, rank=dist.local_rank(), workers=opt.workers, prefix="train: ",
-            shuffle=not opt.rect, single_cls=opt.single_cls, seed=opt.seed, quad=opt.quad,
-        )  # fmt: skip
-    sampler = None
-    if opt.image_weights:
-        sampler = torch.utils.data.WeightedRandomSampler(torch.ones(len(dataset)), len(dataset), replacement=True)
-    nb = len(train_loader)
-    val_loader = None
-    if main:
-        val_loader = create_dataloader(
-            data["val"], data["nc"], imgsz_val, batch_size // ws * 2, gs, rect=True, pad=0.5,
-            workers=opt.workers * 2, prefix="val: ", single_cls=opt.single_cls, persistent=True,
-        )[0]  # fmt: skip
-        if not resume:
-            if plots:
-                from utils.plots import plot_labels
+    train_loader, dataset, sampler, val_loader = _make_loaders(data, opt, hyp, imgsz, imgsz_val, batch_size, gs, ws)
+    if main and not resume:
+        if plots:
+            from utils.plots import plot_labels
 
-                plot_labels(label_stats(dataset), names, save_dir)
-            if not opt.noautoanchor:
-                run_autoanchor(model, dataset, hyp["anchor_t"], imgsz)
+            plot_labels(label_stats(dataset), names, save_dir)
+        if not opt.noautoanchor:
+            run_autoanchor(model, dataset, hyp["anchor_t"], imgsz)
     model.names = names
     ema = ModelEMA(model) if main else None
-
-    start_epoch, best_fitness, best_epoch = 0, 0.0, 0
-    if resume:
-        start_epoch, best_fitness = ckpt["epoch"] + 1, float(ckpt.get("best_fitness") or 0.0)
-        best_epoch = int(ckpt.get("best_epoch", ckpt["epoch"]))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            ema.load_plain_state(ckpt["state_dict"], int(ckpt.get("ema_updates", 0)))
-        print(f"Resuming training from {opt.weights} from epoch {start_epoch} to {epochs} total epochs")
+    start_epoch, best_fitness, best_epoch = _resume_state(ckpt, optimizer, ema, opt) if resume else (0, 0.0, 0)
     del ckpt
     scheduler.last_epoch = start_epoch - 1
 
@@ -185,112 +241,180 @@ def train(hyp: dict, opt: argparse.Namespace, device: torch.device, callbacks: C
     det = dist.unwrap(model).detect
     hyp_loss = scale_loss_gains(hyp, det.nl, nc, imgsz)
     hyp_loss["label_smoothing"] = opt.label_smoothing
-    compute_loss = YoloLoss(hyp_loss, det.anchors, det.stride, nc)
-    amp = bool(opt.amp) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    stopper = EarlyStopping(opt.patience, best_fitness, best_epoch)
-    nw = warmup_iterations(hyp["warmup_epochs"], nb)
-    last_opt_step, maps, results = -1, np.zeros(nc), (0.0,) * 7
+    job = TrainJob(
+        hyp, opt, device, save_dir, main, ws, plots, names, nc, model, ema, optimizer, scheduler, lf, dataset,
+        train_loader, sampler, val_loader, YoloLoss(hyp_loss, det.anchors, det.stride, nc),
+        EarlyStopping(opt.patience, best_fitness, best_epoch), gs, imgsz, imgsz_val, batch_size, start_epoch,
+        channels_last, amp_dtype=autocast_dtype(device) if opt.amp else None, accumulate=accumulate,
+    )  # fmt: skip
+    if main and not opt.evolve:
+        job.loggers = TrainLoggers(save_dir)
     if main:
-        print(
+        LOGGER.info(
             f"Image sizes {imgsz} train, {imgsz_val} val\nUsing {train_loader.num_workers} dataloader workers\n"
-            f"Logging results to {save_dir}\nStarting training for {epochs} epochs..."
+            f"{_precision_line(job.amp_dtype)}\n"
+            f"Logging results to {save_dir}\nStarting training for {opt.epochs} epochs..."
         )
-    t0 = time.time()
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        if sampler is not None or (opt.close_mosaic and epoch >= epochs - opt.close_mosaic and dataset.mosaic):
-            train_loader = _epoch_loader(train_loader, dataset, sampler, maps, nc, opt, epoch, epochs, batch_size, ws)
-        if isinstance(train_loader.sampler, torch.utils.data.distributed.DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        mloss = torch.zeros(3, device=device)
-        header = ("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size")
-        if main:
-            print("\n" + header)
-        bar = tqdm(train_loader, total=nb, bar_format=BAR_FORMAT, disable=not main)
-        optimizer.zero_grad()
-        for i, (imgs, targets, paths, _) in enumerate(bar):
-            ni = i + nb * epoch
-            imgs = imgs.to(device, non_blocking=True).float() / 255
-            if ni <= nw:
-                accumulate = warmup(optimizer, ni, nw, lf(epoch), hyp, batch_size, opt.nbs)
-            if opt.multi_scale:
-                imgs = _random_rescale(imgs, imgsz, gs)
-            if channels_last:
-                imgs = imgs.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", enabled=amp):
-                pred = model(imgs)
-                loss, loss_items = compute_loss(pred, targets.to(device))
-            loss = loss * ws * (4.0 if opt.quad else 1.0)  # DDP averages gradients over ranks; quad: 4 images each
-            scaler.scale(loss).backward()
-            if ni - last_opt_step >= accumulate:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad()
-                if ema is not None:
-                    ema.update(model)
-                last_opt_step = ni
-            if main:
-                mloss = (mloss * i + loss_items) / (i + 1)
-                mem = f"{torch.cuda.memory_reserved(device) / 1e9 if device.type == 'cuda' else 0:.3g}G"
-                bar.set_description(
-                    ("%11s" * 2 + "%11.4g" * 5)
-                    % (f"{epoch}/{epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1])
-                )
-                if plots and ni < 3:
-                    from utils.plots import plot_images
+    return job
 
-                    plot_images(imgs, targets, paths, save_dir / f"train_batch{ni}.jpg", names)
-            fire(callbacks, "on_train_batch_end", epoch=epoch, batch=i)
-        bar.close()
-        lr = [g["lr"] for g in optimizer.param_groups]
-        scheduler.step()
 
-        stop = False
-        if main:
-            final_epoch = epoch + 1 == epochs or stopper.possible_stop
-            if not opt.noval or final_epoch:
-                results, maps = validate(ema.ema, val_loader, names, device, compute_loss, opt)
-            fi = float(fitness(np.array(results).reshape(1, -1))[0])
-            stop = stopper(epoch, fi)  # the stopper keeps the best fitness and epoch (ties count as the newer epoch)
-            write_results_row(results_csv, epoch, [*mloss.tolist(), *results, *lr])
-            if not opt.nosave or (final_epoch and not opt.evolve):
-                ck = epoch_checkpoint(
-                    ema, model, optimizer, epoch, stopper.best_fitness, stopper.best_epoch, opt, hyp
-                )  # fmt: skip
-                save_atomic(ck, last)
-                if stopper.best_epoch == epoch:
-                    save_atomic(ck, best)
-                if opt.save_period > 0 and epoch % opt.save_period == 0:
-                    save_atomic(ck, wdir / f"epoch{epoch}.pt")
-                del ck
-            fire(callbacks, "on_fit_epoch_end", epoch=epoch, results=results, fitness=fi)
-        if dist.broadcast_object(stop):
-            break
+def _precision_line(amp_dtype: torch.dtype | None) -> str:
+    if amp_dtype is None:
+        return "Precision: fp32"
+    return f"Precision: {str(amp_dtype).removeprefix('torch.')} autocast (--amp), fp32 master weights"
 
-    if main:
-        print(f"\n{epoch - start_epoch + 1} epochs completed in {(time.time() - t0) / 3600:.3f} hours.")
-        for f in (last, best):
-            if f.exists():
-                strip_checkpoint(f)
-        if best.exists() and not opt.evolve:
-            from utils.checkpoints import load_model
 
-            print(f"\nValidating {best}...")
-            model_best = load_model(best, device)
-            results, _ = validate(
-                model_best, val_loader, names, device, compute_loss, opt, save_dir, plots=plots, verbose=True
+def _make_loaders(data: dict, opt, hyp: dict, imgsz: int, imgsz_val: int, batch_size: int, gs: int, ws: int):
+    """(train loader, train dataset, --image-weights sampler or None, val loader on rank 0 else None)."""
+    with dist.main_process_first():
+        train_loader, dataset = create_dataloader(
+            data["train"], data["nc"], imgsz, batch_size // ws, gs, hyp=hyp, augment=True,
+            cache=opt.cache, rect=opt.rect, rank=dist.sampler_rank(), workers=opt.workers, prefix="train: ",
+            shuffle=not opt.rect, single_cls=opt.single_cls, seed=opt.seed, quad=opt.quad,
+        )  # fmt: skip
+    sampler = None
+    if opt.image_weights:
+        sampler = torch.utils.data.WeightedRandomSampler(torch.ones(len(dataset)), len(dataset), replacement=True)
+    val_loader = None
+    if dist.is_main_process():
+        val_loader = create_dataloader(
+            data["val"], data["nc"], imgsz_val, batch_size // ws * 2, gs, rect=True, pad=0.5,
+            workers=opt.workers * 2, prefix="val: ", single_cls=opt.single_cls, persistent=True,
+        )[0]  # fmt: skip
+    return train_loader, dataset, sampler, val_loader
+
+
+def _resume_state(ckpt: dict, optimizer, ema: ModelEMA | None, opt) -> tuple[int, float, int]:
+    """Load optimizer and EMA state from a --resume checkpoint; returns (start epoch, best fitness, best epoch)."""
+    start_epoch, best_fitness = ckpt["epoch"] + 1, float(ckpt.get("best_fitness") or 0.0)
+    best_epoch = int(ckpt.get("best_epoch", ckpt["epoch"]))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ema is not None:
+        ema.load_plain_state(ckpt["state_dict"], int(ckpt.get("ema_updates", 0)))
+    LOGGER.info(f"Resuming training from {opt.weights} from epoch {start_epoch} to {opt.epochs} total epochs")
+    return start_epoch, best_fitness, best_epoch
+
+
+def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = None) -> tuple[torch.Tensor, list]:
+    """One pass over the training set; returns (mean box/obj/cls loss Tensor[3], each param group's lr)."""
+    opt, device, epochs = job.opt, job.device, job.opt.epochs
+    job.model.train()
+    close_mosaic = opt.close_mosaic and epoch >= epochs - opt.close_mosaic and job.dataset.mosaic
+    if job.sampler is not None or close_mosaic:
+        job.train_loader = _epoch_loader(
+            job.train_loader, job.dataset, job.sampler, job.maps, job.nc, opt, epoch, epochs, job.batch_size, job.ws
+        )  # fmt: skip
+    if hasattr(job.train_loader.sampler, "set_epoch"):  # DistributedSampler / DistributedRectSampler
+        job.train_loader.sampler.set_epoch(epoch)
+    mloss = torch.zeros(3, device=device)
+    if job.main:
+        LOGGER.info("\n" + ("%11s" * 7) % ("Epoch", "GPU_mem", "box_loss", "obj_loss", "cls_loss", "Instances", "Size"))
+    bar = tqdm(job.train_loader, total=job.nb, bar_format=BAR_FORMAT, disable=not job.main)
+    job.optimizer.zero_grad()
+    for i, (imgs, targets, paths, _) in enumerate(bar):
+        ni = i + job.nb * epoch
+        imgs = imgs.to(device, non_blocking=True).float() / 255
+        if ni <= job.nw:
+            job.accumulate = warmup(job.optimizer, ni, job.nw, job.lf(epoch), job.hyp, job.batch_size, opt.nbs)
+        if opt.multi_scale:
+            imgs = _random_rescale(imgs, job.imgsz, job.gs)
+        if job.channels_last:
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        loss_items = _train_step(job, imgs, targets, ni)
+        if job.main:
+            mloss = (mloss * i + loss_items) / (i + 1)
+            mem = f"{torch.cuda.memory_reserved(device) / 1e9 if device.type == 'cuda' else 0:.3g}G"
+            bar.set_description(
+                ("%11s" * 2 + "%11.4g" * 5)
+                % (f"{epoch}/{epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1])
             )
-        if plots and results_csv.exists():
-            from utils.plots import plot_results
+            if job.plots and ni < 3:
+                from utils.plots import plot_images
 
-            plot_results(results_csv)
-        print(f"Results saved to {save_dir}")
-        fire(callbacks, "on_train_end", save_dir=save_dir, results=results)
-    return tuple(results)
+                mosaic = plot_images(imgs, targets, paths, job.save_dir / f"train_batch{ni}.jpg", job.names)
+                if job.loggers is not None:
+                    job.loggers.image(mosaic, ni)
+        fire(callbacks, "on_train_batch_end", epoch=epoch, batch=i)
+    bar.close()
+    lr = [g["lr"] for g in job.optimizer.param_groups]
+    job.scheduler.step()
+    return mloss, lr
+
+
+def _train_step(job: TrainJob, imgs: torch.Tensor, targets: torch.Tensor, ni: int) -> torch.Tensor:
+    """Forward, backward and (every ``accumulate`` batches) an optimizer and EMA step; returns the loss items."""
+    with torch.autocast(job.device.type, job.amp_dtype or torch.float32, enabled=job.amp_dtype is not None):
+        pred = job.model(imgs)
+        loss, loss_items = job.compute_loss(pred, targets.to(job.device))
+    loss = loss * job.ws * (4.0 if job.opt.quad else 1.0)  # DDP averages gradients over ranks; quad: 4 images each
+    job.scaler.scale(loss).backward()
+    if ni - job.last_opt_step >= job.accumulate:
+        job.scaler.unscale_(job.optimizer)
+        torch.nn.utils.clip_grad_norm_(job.model.parameters(), max_norm=10.0)
+        job.scaler.step(job.optimizer)
+        job.scaler.update()
+        job.optimizer.zero_grad()
+        if job.ema is not None:
+            job.ema.update(job.model)
+        job.last_opt_step = ni
+    return loss_items
+
+
+def end_of_epoch(job: TrainJob, epoch: int, mloss: torch.Tensor, lr: list, callbacks: Callbacks | None = None) -> bool:
+    """Rank 0 after each epoch: validate the EMA, log results.csv, save last/best/epochN.pt; True means stop."""
+    opt, stopper = job.opt, job.stopper
+    final_epoch = epoch + 1 == opt.epochs or stopper.possible_stop
+    if not opt.noval or final_epoch:
+        job.results, job.maps = validate(job.ema.ema, job.val_loader, job.names, job.device, job.compute_loss, opt)
+    fi = float(fitness(np.array(job.results).reshape(1, -1))[0])
+    stop = stopper(epoch, fi)  # the stopper keeps the best fitness and epoch (ties count as the newer epoch)
+    values = [*mloss.tolist(), *job.results, *lr]
+    write_results_row(job.results_csv, epoch, values)
+    if job.loggers is not None:
+        job.loggers.epoch_end(epoch, values)
+    if not opt.nosave or (final_epoch and not opt.evolve):
+        _save_checkpoints(job, epoch)
+    fire(callbacks, "on_fit_epoch_end", epoch=epoch, results=job.results, fitness=fi)
+    return stop
+
+
+def _save_checkpoints(job: TrainJob, epoch: int) -> None:
+    """last.pt always, best.pt when this epoch is the best so far, epochN.pt every --save-period epochs."""
+    stopper, wdir = job.stopper, job.weights_dir
+    ck = epoch_checkpoint(
+        job.ema, job.model, job.optimizer, epoch, stopper.best_fitness, stopper.best_epoch, job.opt, job.hyp
+    )  # fmt: skip
+    save_atomic(ck, wdir / "last.pt")
+    if stopper.best_epoch == epoch:
+        save_atomic(ck, wdir / "best.pt")
+    if job.opt.save_period > 0 and epoch % job.opt.save_period == 0:
+        save_atomic(ck, wdir / f"epoch{epoch}.pt")
+
+
+def finish(job: TrainJob, epochs_done: int, seconds: float, callbacks: Callbacks | None = None) -> None:
+    """Rank 0 at the end: strip the optimizer from last/best.pt, validate best.pt with plots, plot results.csv."""
+    opt, best = job.opt, job.weights_dir / "best.pt"
+    LOGGER.info(f"\n{epochs_done} epochs completed in {seconds / 3600:.3f} hours.")
+    for f in (job.weights_dir / "last.pt", best):
+        if f.exists():
+            strip_checkpoint(f)
+    if best.exists() and not opt.evolve:
+        from utils.checkpoints import load_model
+
+        LOGGER.info(f"\nValidating {best}...")
+        model_best = load_model(best, job.device)
+        job.results, _ = validate(
+            model_best, job.val_loader, job.names, job.device, job.compute_loss, opt, job.save_dir,
+            plots=job.plots, verbose=True,
+        )  # fmt: skip
+    if job.plots and job.results_csv.exists():
+        from utils.plots import plot_results
+
+        plot_results(job.results_csv)
+    if job.loggers is not None:
+        job.loggers.train_end(job.start_epoch + epochs_done - 1)
+    LOGGER.info(f"Results saved to {job.save_dir}")
+    fire(callbacks, "on_train_end", save_dir=job.save_dir, results=job.results)
 
 
 def _epoch_loader(loader, dataset, sampler, maps, nc, opt, epoch, epochs, batch_size, ws):
@@ -299,12 +423,12 @@ def _epoch_loader(loader, dataset, sampler, maps, nc, opt, epoch, epochs, batch_
         sampler.weights = torch.as_tensor(image_sampling_weights(dataset.labels, nc, maps), dtype=torch.double)
     if opt.close_mosaic and epoch >= epochs - opt.close_mosaic and dataset.mosaic:
         if dist.is_main_process():
-            print(f"Closing dataloader mosaic for the last {epochs - epoch} epochs")
+            LOGGER.info(f"Closing dataloader mosaic for the last {epochs - epoch} epochs")
         dataset.mosaic = False
         loader = None  # shut the persistent workers down: they hold a copy of the dataset with mosaic on
     if loader is None or (sampler is not None and loader.sampler is not sampler):
         loader = make_loader(
-            dataset, batch_size // ws, rank=dist.local_rank(), workers=opt.workers, shuffle=not opt.rect,
+            dataset, batch_size // ws, rank=dist.sampler_rank(), workers=opt.workers, shuffle=not opt.rect,
             seed=opt.seed, sampler=sampler, quad=opt.quad,
         )  # fmt: skip
     return loader

@@ -1,0 +1,100 @@
+"""torch.hub entry points, as YOLOv5's:
+
+    import torch
+    model = torch.hub.load("path/to/clone", "yolov5n", source="local")                  # official weights
+    model = torch.hub.load("path/to/clone", "custom", path="best.pt", source="local")   # your own .pt/.onnx/...
+    model = torch.hub.load("path/to/clone", "custom", path=["a.pt", "b.pt"], source="local")  # Ensemble
+    results = model("image.jpg")              # or URL, PIL, numpy HWC RGB, tensor, or a list of them
+    results.print(); results.pandas().xyxy[0]
+
+Keywords: ``device`` ('cpu', '0', ...), ``half``, ``augment`` (TTA) with ``tta_scales``/``tta_flips``,
+``ensemble_mode`` ('nms', 'mean', 'max', 'wbf'), ``prune``, ``prune_exclude``, ``autoshape`` (False: the bare
+model, which takes float 0-1 Tensor[B, 3, H, W] and returns candidates for ``non_max_suppression``) and
+``_verbose`` (False: no loading lines; torch.hub itself takes ``verbose``).
+
+Official names look for ``yolov5n.pt`` (...) at ``path=`` when given, else in the working directory, the clone
+and torch.hub's checkpoint cache (``torch.hub.get_dir()/checkpoints``); when absent it is downloaded to the working
+directory (online only; offline, one clear error).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
+
+_CLONE = Path(__file__).resolve().parent
+
+
+def _import_package():
+    """Import the toolkit from this clone (``utils``, ``models``), so nothing depends on the caller's sys.path.
+
+    torch.hub puts the clone on ``sys.path`` only while an entry point runs; once ``utils`` and ``models`` are
+    imported, their submodules resolve through the packages' own paths. A different ``utils``/``models`` already
+    imported (another project's) would shadow ours: that is one clear error instead of "No module named ...".
+    """
+    for name in ("utils", "models"):
+        mod = sys.modules.get(name)
+        where = Path(getattr(mod, "__file__", "") or "").resolve().parent.parent if mod else _CLONE
+        if where != _CLONE:
+            raise ImportError(
+                f"hubconf: a different '{name}' package is already imported ({mod.__file__}); import this model "
+                f"in a fresh process or before that package"
+            )
+    added = str(_CLONE) not in sys.path  # torch.hub's own entry may be spelled differently: add ours regardless
+    if added:
+        sys.path.insert(0, str(_CLONE))
+    try:
+        import models.yolo  # noqa: F401
+        from utils.inference.autoshape import load_autoshape
+    finally:
+        if added:
+            sys.path.remove(str(_CLONE))
+    return load_autoshape
+
+
+def _official_weights(name: str, path: str | Path | None) -> str:
+    """Where the official ``name`` checkpoint is: ``path``, the cwd, the clone, torch.hub's cache, else ``name``
+    itself (then fetched into the cwd when online, one clear error offline)."""
+    import torch
+
+    if path is not None:
+        return str(path)
+    for folder in (Path.cwd(), _CLONE, Path(torch.hub.get_dir()) / "checkpoints"):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return name
+
+
+def _official(name: str, pretrained: bool, channels: int, classes: int, path, **kwargs):
+    from utils.errors import UsageError
+
+    _import_package()
+    if not pretrained or channels != 3 or classes != 80:
+        raise UsageError(
+            f"{name}: only the pretrained 80-class RGB model is served (pretrained=True, channels=3, classes=80); "
+            f"for other classes train with train.py --weights {name}.pt and load the result with 'custom'"
+        )
+    return custom(_official_weights(f"{name}.pt", path), **kwargs)
+
+
+def custom(path="yolov5s.pt", autoshape: bool = True, _verbose: bool = True, device=None, **kwargs):
+    """Your weights: a ``.pt`` (ours or official YOLOv5), ``.torchscript``, ``.onnx``, ``*_openvino_model/``, or a
+    list of them (an Ensemble, merged by ``ensemble_mode``)."""
+    load_autoshape = _import_package()
+    paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else str(path)
+    return load_autoshape(paths, device=device, autoshape=autoshape, verbose=_verbose, **kwargs)
+
+
+def _entry(name: str):
+    def entry(pretrained: bool = True, channels: int = 3, classes: int = 80, path=None, **kwargs):
+        return _official(name, pretrained, channels, classes, path, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f"{name.replace('yolo', 'YOLO', 1)} with official COCO weights ({name}.pt); see the module doc."
+    return entry
+
+
+yolov5n, yolov5s, yolov5m, yolov5l, yolov5x = (_entry(f"yolov5{s}") for s in "nsmlx")
+yolov5n6, yolov5s6, yolov5m6, yolov5l6, yolov5x6 = (_entry(f"yolov5{s}6") for s in "nsmlx")
