@@ -58,7 +58,7 @@ class Ensemble(nn.ModuleList):
         if self.mode == "nms":
             return torch.cat(outs, 1)
         if self.mode in ("mean", "max"):
-            shapes = {tuple(o.shape) for o in outs}
+            shapes = {tuple(int(n) for n in o.shape) for o in outs}  # traced sizes are tensors: hashed by identity
             if len(shapes) > 1:
                 raise EnsembleError(
                     f"--ensemble-mode {self.mode} needs members with identical output layouts, got "

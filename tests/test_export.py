@@ -276,3 +276,22 @@ def test_tensorrt_networks_use_explicit_batch_before_version_10():
     assert trt_network_flags(SimpleNamespace(__version__="8.6.1", NetworkDefinitionCreationFlag=flags)) == 1
     assert trt_network_flags(SimpleNamespace(__version__="7.2.3.4", NetworkDefinitionCreationFlag=flags)) == 1
     assert trt_network_flags(SimpleNamespace(__version__="10.3.0")) == 0  # explicit batch is the only mode
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated upstream
+def test_mean_mode_ensemble_traces(random_pt, tmp_path):
+    """Under tracing the members' output shapes are tensors, so the layout check saw 'different' layouts and
+    refused every --ensemble-mode mean/max export."""
+    done = export.run(
+        weights=[str(random_pt)] * 2,
+        include=["torchscript", "onnx"],
+        ensemble_mode="mean",
+        imgsz=[64],
+        save_dir=tmp_path,
+    )  # fmt: skip  (each file is checked against PyTorch)
+    module = torch.jit.load(str(done["torchscript"]))
+    assert device_constants(module.inlined_graph) == []
+    single = load_export_model(str(random_pt), torch.device("cpu"))
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), single(x), atol=1e-3, rtol=1e-4)  # the mean of two equal members
