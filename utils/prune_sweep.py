@@ -3,13 +3,13 @@
 For the dense model and each ratio: parameters, GFLOPs, mAP50-95 before and after a short fine-tune on the data,
 and inference time for PyTorch fp32 (batch 1 and batch 32), ONNX Runtime and OpenVINO (batch 1). The unstructured
 ``--prune`` rows are added for comparison. Times are measured interleaved (every model once per round, several
-rounds, the median kept), so load from other processes on a shared machine moves all rows alike.
+rounds, the fastest kept: the least disturbed run), so load from other processes on a shared machine moves all rows
+alike.
 """
 
 from __future__ import annotations
 
 import csv
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +37,8 @@ def _ms_per_image(fn, x: torch.Tensor) -> float:
 
 
 def interleaved_times(runners: dict[str, dict], inputs: dict[str, torch.Tensor], rounds: int) -> dict:
-    """Median ms per image of ``runners[row][column](inputs[column])``, every runner once per round."""
+    """Fastest ms per image of ``runners[row][column](inputs[column])`` over ``rounds``, every runner once per round
+    (on a shared machine the minimum is the run least slowed by other processes)."""
     for row in runners.values():  # warm-up: first calls build kernels and grids
         for col, fn in row.items():
             _ms_per_image(fn, inputs[col][:1])
@@ -46,7 +47,7 @@ def interleaved_times(runners: dict[str, dict], inputs: dict[str, torch.Tensor],
         for r, row in runners.items():
             for c, fn in row.items():
                 samples[(r, c)].append(_ms_per_image(fn, inputs[c]))
-    return {k: statistics.median(v) for k, v in samples.items()}
+    return {k: min(v) for k, v in samples.items()}
 
 
 def plot_sweep(rows: list[dict], file: Path, x_col: str = "PyTorch b32 ms/im") -> None:
