@@ -204,29 +204,34 @@ def run(
             rows.append(_row(fmt.name, file_size_mb(file), status=f"⚠️ exported, not validated (no {fmt.name} backend)"))
             continue
         rows.append(validate_row(fmt.name, [str(file)], file_size_mb(file)))
-    for sparsity in prune:
-        files = []
-        try:
-            for p in paths:  # each member pruned and stored sparse on its own
-                pruned = load_export_model(p, dev, prune=sparsity, prune_exclude=prune_exclude)
-                stem = save_dir / f"{Path(p).stem}_pruned{round(sparsity * 100)}"
-                files.append(export_formats(pruned, ["pt"], stem, ExportOptions(prune=sparsity, source=p), dev)["pt"])
-        except Exception as e:
-            rows.append(_row(f"PyTorch pruned {sparsity:g}", None, status=f"❌ export: {_reason(e)}"))
-            continue
-        size = sum(file_size_mb(f) for f in files)
-        rows.append(validate_row(f"PyTorch pruned {sparsity:g}", [str(f) for f in files], size))
+    rows += [_pruned_row(paths, sparsity, prune_exclude, save_dir, dev, validate_row) for sparsity in prune]
 
     print_table(rows)
-    csv_file = save_dir / "benchmarks.csv"
+    LOGGER.info(f"\nResults saved to {_save_csv(rows, save_dir / 'benchmarks.csv')}")
+    if hard_fail is not None:
+        _hard_fail(rows, hard_fail)
+    return rows
+
+
+def _pruned_row(paths: list[str], sparsity: float, exclude, save_dir: Path, dev, validate_row) -> dict:
+    """--prune: every member pruned to ``sparsity`` and stored sparse on its own, then validated together."""
+    name, files = f"PyTorch pruned {sparsity:g}", []
+    try:
+        for p in paths:
+            pruned = load_export_model(p, dev, prune=sparsity, prune_exclude=exclude)
+            stem = save_dir / f"{Path(p).stem}_pruned{round(sparsity * 100)}"
+            files.append(export_formats(pruned, ["pt"], stem, ExportOptions(prune=sparsity, source=p), dev)["pt"])
+    except Exception as e:
+        return _row(name, None, status=f"❌ export: {_reason(e)}")
+    return validate_row(name, [str(f) for f in files], sum(file_size_mb(f) for f in files))
+
+
+def _save_csv(rows: list[dict], csv_file: Path) -> Path:
     with open(csv_file, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    LOGGER.info(f"\nResults saved to {csv_file}")
-    if hard_fail is not None:
-        _hard_fail(rows, hard_fail)
-    return rows
+    return csv_file
 
 
 def _hard_fail(rows: list[dict], floor: float) -> None:

@@ -170,14 +170,15 @@ def load_autoshape(
     verbose: bool = True,
     **options,
 ) -> AutoShape | InferenceModel:
-    """Load weights (one path, or a list for an Ensemble) for the Python API; ``options`` are
-    ``load_inference_model``'s (``half``, ``augment``, ``tta_scales``, ``tta_flips``, ``ensemble_mode``, ``prune``,
-    ``prune_exclude``, ``imgsz``). ``verbose=False`` silences the loading lines (warnings still show)."""
+    """Load weights (one path, or a list for an Ensemble) for the Python API; ``options`` are ``InferenceOptions``
+    fields (``half``, ``augment``, ``tta_scales``, ``tta_flips``, ``ensemble_mode``, ``prune``, ``prune_exclude``,
+    ``imgsz``). ``verbose=False`` silences the loading lines (warnings still show)."""
     from utils.devices import select_device
-    from utils.inference.loader import load_inference_model
+    from utils.inference.loader import InferenceOptions, load_inference_model
     from utils.log import quiet
 
+    opts = InferenceOptions.from_kwargs(**options)
     with quiet(not verbose):
         dev = select_device("" if device is None else device, verbose=verbose)
-        model = load_inference_model(weights, dev, **options)
-    return AutoShape(model, dev, augment=bool(options.get("augment"))) if autoshape else model
+        model = load_inference_model(weights, dev, opts)
+    return AutoShape(model, dev, augment=opts.augment) if autoshape else model
