@@ -12,6 +12,9 @@ Keywords: ``device`` ('cpu', '0', ...), ``half``, ``augment`` (TTA) with ``tta_s
 model, which takes float 0-1 Tensor[B, 3, H, W] and returns candidates for ``non_max_suppression``) and
 ``_verbose`` (False: no loading lines; torch.hub itself takes ``verbose``).
 
+``classes=N`` or ``pretrained=False`` with ``autoshape=False`` give a trainable DetectionModel (official tensors
+transferred where the shapes match, as ``train.py --weights yolov5n.pt --cfg yolov5n.yaml`` does).
+
 Official names look for ``yolov5n.pt`` (...) at ``path=`` when given, else in the working directory, the clone
 and torch.hub's checkpoint cache (``torch.hub.get_dir()/checkpoints``); when absent it is downloaded to the working
 directory (online only; offline, one clear error).
@@ -20,11 +23,11 @@ directory (online only; offline, one clear error).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from pathlib import Path as _Path
 
 dependencies = ["torch", "torchvision", "numpy", "cv2", "yaml"]
 
-_CLONE = Path(__file__).resolve().parent
+_CLONE = _Path(__file__).resolve().parent
 
 
 def _import_package():
@@ -36,7 +39,7 @@ def _import_package():
     """
     for name in ("utils", "models"):
         mod = sys.modules.get(name)
-        where = Path(getattr(mod, "__file__", "") or "").resolve().parent.parent if mod else _CLONE
+        where = _Path(getattr(mod, "__file__", "") or "").resolve().parent.parent if mod else _CLONE
         if where != _CLONE:
             raise ImportError(
                 f"hubconf: a different '{name}' package is already imported ({mod.__file__}); import this model "
@@ -54,29 +57,45 @@ def _import_package():
     return load_autoshape
 
 
-def _official_weights(name: str, path: str | Path | None) -> str:
+def _official_weights(name: str, path: str | _Path | None) -> str:
     """Where the official ``name`` checkpoint is: ``path``, the cwd, the clone, torch.hub's cache, else ``name``
     itself (then fetched into the cwd when online, one clear error offline)."""
     import torch
 
     if path is not None:
         return str(path)
-    for folder in (Path.cwd(), _CLONE, Path(torch.hub.get_dir()) / "checkpoints"):
+    for folder in (_Path.cwd(), _CLONE, _Path(torch.hub.get_dir()) / "checkpoints"):
         if (folder / name).is_file():
             return str(folder / name)
     return name
 
 
 def _official(name: str, pretrained: bool, channels: int, classes: int, path, **kwargs):
-    from utils.errors import UsageError
+    if pretrained and channels == 3 and classes == 80:
+        _import_package()
+        return custom(_official_weights(f"{name}.pt", path), **kwargs)
+    return _trainable(name, pretrained, channels, classes, path, **kwargs)
 
+
+def _trainable(name: str, pretrained: bool, channels: int, classes: int, path, autoshape: bool = True, **kwargs):
+    """``classes=N`` / ``pretrained=False``: a DetectionModel to train (``autoshape=False``), built from
+    ``models/<name>.yaml`` with the checkpoint's tensors transferred where the shapes match (as train.py does)."""
     _import_package()
-    if not pretrained or channels != 3 or classes != 80:
+    from utils.devices import select_device
+    from utils.errors import UsageError
+    from utils.log import quiet
+    from utils.train.setup import build_model
+
+    if autoshape or channels != 3 or set(kwargs) - {"device", "_verbose"}:
         raise UsageError(
-            f"{name}: only the pretrained 80-class RGB model is served (pretrained=True, channels=3, classes=80); "
-            f"for other classes train with train.py --weights {name}.pt and load the result with 'custom'"
+            f"{name}: classes={classes}, pretrained={pretrained} gives a model to train, whose head is untrained: "
+            f"pass autoshape=False (3 channels, no inference options), or train.py --weights {name}.pt and load the "
+            f"result with 'custom'"
         )
-    return custom(_official_weights(f"{name}.pt", path), **kwargs)
+    with quiet(not kwargs.get("_verbose", True)):
+        weights = _official_weights(f"{name}.pt", path) if pretrained else ""
+        model, _ = build_model(weights, f"{name}.yaml", classes)
+        return model.to(select_device(kwargs.get("device") or "", verbose=False))
 
 
 def custom(path="yolov5s.pt", autoshape: bool = True, _verbose: bool = True, device=None, **kwargs):

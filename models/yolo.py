@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,30 @@ import yaml
 from torch import nn
 
 from models.backbones import Take, TorchvisionBackbone
-from models.common import C3, SPP, SPPF, Bottleneck, Concat, Conv, Focus
+from models.common import (
+    C3,
+    C3SPP,
+    C3TR,
+    SPP,
+    SPPF,
+    Bottleneck,
+    BottleneckCSP,
+    C3Ghost,
+    C3x,
+    Concat,
+    Contract,
+    Conv,
+    CrossConv,
+    DWConv,
+    DWConvTranspose2d,
+    Expand,
+    Focus,
+    GhostBottleneck,
+    GhostConv,
+    MixConv2d,
+    default_activation,
+)
+from utils.errors import UserError
 from utils.log import LOGGER
 
 CFG_DIR = Path(__file__).resolve().parent
@@ -85,7 +110,12 @@ def _cell_index(v: torch.Tensor) -> torch.Tensor:
     return (torch.ones_like(v, dtype=torch.float32).cumsum(0) - 1).to(v.dtype)
 
 
-# The registry of layer types a model YAML may name. Anything else is an error that lists these.
+class ModelConfigError(UserError):
+    """A model YAML (or the YAML inside a checkpoint) that cannot be built; the message is one line."""
+
+
+# The registry of layer types a model YAML may name: every type upstream's parser accepts, by the same names.
+# Anything else is an error that lists these. Never ``eval``: names are looked up, torch.nn layers included.
 LAYERS: dict[str, type[nn.Module]] = {
     "Conv": Conv,
     "Bottleneck": Bottleneck,
@@ -94,14 +124,72 @@ LAYERS: dict[str, type[nn.Module]] = {
     "SPP": SPP,
     "Focus": Focus,
     "Concat": Concat,
-    "nn.Upsample": nn.Upsample,
-    "Upsample": nn.Upsample,
+    "GhostConv": GhostConv,
+    "DWConv": DWConv,
+    "CrossConv": CrossConv,
+    "MixConv2d": MixConv2d,
+    "BottleneckCSP": BottleneckCSP,
+    "GhostBottleneck": GhostBottleneck,
+    "C3x": C3x,
+    "C3TR": C3TR,
+    "C3SPP": C3SPP,
+    "C3Ghost": C3Ghost,
+    "Contract": Contract,
+    "Expand": Expand,
+    "DWConvTranspose2d": DWConvTranspose2d,
     "Detect": Detect,
     "TorchvisionBackbone": TorchvisionBackbone,  # multi-output: [P3, P4, P5]; ``Take`` layers pick from it
     "Take": Take,
 }
-_CONV_LIKE = (Conv, Bottleneck, C3, SPPF, SPP, Focus)
-_REPEAT_INSIDE = (C3,)  # these take the repeat count as an argument instead of being stacked
+# torch.nn layers a YAML may name as ``nn.X`` (bare ``X`` too): an explicit allow-list, channel-preserving except
+# ConvTranspose2d, which is sized like our conv layers.
+TORCH_LAYERS = (
+    "Upsample",
+    "MaxPool2d",
+    "AvgPool2d",
+    "AdaptiveAvgPool2d",
+    "ZeroPad2d",
+    "ConstantPad2d",
+    "ConvTranspose2d",
+    "BatchNorm2d",
+    "Identity",
+    "Dropout",
+    "Dropout2d",
+    "ReLU",
+    "ReLU6",
+    "SiLU",
+    "LeakyReLU",
+    "Hardswish",
+    "Mish",
+    "Sigmoid",
+)
+for _name in TORCH_LAYERS:
+    LAYERS[f"nn.{_name}"] = getattr(nn, _name)
+LAYERS["Upsample"] = nn.Upsample
+ACTIVATIONS = ("SiLU", "ReLU", "ReLU6", "LeakyReLU", "Hardswish", "Mish", "Sigmoid", "Tanh", "GELU", "ELU", "Identity")
+
+# Layers whose first argument is an output width (scaled by width_multiple) and whose input width is prepended.
+_CONV_LIKE = (
+    Conv,
+    GhostConv,
+    Bottleneck,
+    GhostBottleneck,
+    SPP,
+    SPPF,
+    DWConv,
+    MixConv2d,
+    Focus,
+    CrossConv,
+    BottleneckCSP,
+    C3,
+    C3TR,
+    C3SPP,
+    C3Ghost,
+    C3x,
+    nn.ConvTranspose2d,
+    DWConvTranspose2d,
+)
+_REPEAT_INSIDE = (BottleneckCSP, C3, C3TR, C3Ghost, C3x)  # take the repeat count as an argument (C3SPP does not)
 
 
 def register_layer(name: str, cls: type[nn.Module]) -> None:
@@ -119,45 +207,94 @@ def _resolve_arg(a: Any, symbols: dict[str, Any], where: str, strict: bool = Tru
             return symbols[a]
         if not strict:
             return a
-        raise ValueError(f"{where}: unknown argument {a!r} (known symbols: {', '.join(symbols)})")
+        raise ModelConfigError(f"{where}: unknown argument {a!r} (known symbols: {', '.join(symbols)})")
     return a
+
+
+def parse_activation(spec: str | None) -> Callable[[], nn.Module] | None:
+    """``activation: nn.LeakyReLU(0.1)`` -> a factory of that module. Literal arguments only, never ``eval``."""
+    if spec is None:
+        return None
+    where = f"model YAML activation: {spec!r}"
+    try:
+        call = ast.parse(str(spec).strip(), mode="eval").body
+    except SyntaxError:
+        raise ModelConfigError(f"{where} is not of the form nn.Name(arguments)") from None
+    func = call.func if isinstance(call, ast.Call) else call
+    name = ast.unparse(func).removeprefix("nn.").removeprefix("torch.nn.")
+    if name not in ACTIVATIONS:
+        raise ModelConfigError(f"{where}: unknown activation; known: {', '.join('nn.' + a for a in ACTIVATIONS)}")
+    args, kwargs = [], {}
+    if isinstance(call, ast.Call):
+        try:
+            args = [ast.literal_eval(a) for a in call.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        except ValueError:
+            raise ModelConfigError(f"{where}: arguments must be literal numbers or booleans") from None
+    cls = getattr(nn, name)
+    try:
+        cls(*args, **kwargs)
+    except TypeError as e:
+        raise ModelConfigError(f"{where}: {e}") from None
+    return lambda: cls(*args, **kwargs)
 
 
 def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     """Build the layer list of a model YAML dict; returns the Sequential and the indices whose outputs are kept."""
+    with default_activation(parse_activation(d.get("activation"))):
+        return _parse_layers(d, ch)
+
+
+def _parse_layers(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
     anchors, nc = d["anchors"], d["nc"]
     gd, gw = d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0)
+    ch_mul = d.get("channel_multiple") or 8
     na = len(anchors[0]) // 2 if isinstance(anchors, list) else anchors
     no = na * (nc + 5)
     symbols = {"nc": nc, "anchors": anchors, "None": None, "nearest": "nearest"}
+    source = f"{d['yaml_file']}: " if isinstance(d.get("yaml_file"), str) else ""  # errors name the YAML
 
     layers, save, c2 = [], [], ch[-1]
     for i, (f, n, name, args) in enumerate(d["backbone"] + d["head"]):
         if name not in LAYERS:
-            raise ValueError(f"model layer {i}: unknown layer type {name!r}; known types: {', '.join(LAYERS)}")
+            raise ModelConfigError(
+                f"{source}model layer {i}: unknown layer type {name!r}; known types: {', '.join(LAYERS)}"
+            )
         m = LAYERS[name]
-        strict = not getattr(m, "yaml_string_args", False)  # such layers take plain names (a torchvision model)
-        args = [_resolve_arg(a, symbols, f"model layer {i} ({name})", strict) for a in args]
-        n = n_ = max(round(n * gd), 1) if n > 1 else n
+        # torch.nn layers and pluggable ones take plain strings (an interpolation mode, a torchvision model name)
+        strict = not (name.startswith("nn.") or m is nn.Upsample or getattr(m, "yaml_string_args", False))
+        args = [_resolve_arg(a, symbols, f"{source}model layer {i} ({name})", strict) for a in args]
+        n = max(round(n * gd), 1) if n > 1 else n
         if m in _CONV_LIKE:
             c1, c2 = ch[f], args[0]
             if c2 != no:
-                c2 = make_divisible(c2 * gw, 8)
+                c2 = make_divisible(c2 * gw, ch_mul)
             args = [c1, c2, *args[1:]]
             if m in _REPEAT_INSIDE:
                 args.insert(2, n)
                 n = 1
+        elif m is nn.BatchNorm2d:
+            args, c2 = [ch[f]], ch[f]
         elif m is Concat:
             c2 = sum(ch[x] for x in f)
         elif m is Detect:
             args.append([ch[x] for x in f])
             if isinstance(args[1], int):  # a number of anchors per level: placeholder sizes
                 args[1] = [list(range(args[1] * 2))] * len(f)
+        elif m is Contract:
+            c2 = ch[f] * args[0] ** 2
+        elif m is Expand:
+            c2 = ch[f] // args[0] ** 2
         elif hasattr(m, "yaml_out_channels"):  # pluggable layers declare how they change the channel count
             args, c2 = m.yaml_out_channels(ch, f, args, gw)
         else:
             c2 = ch[f]
-        module = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+        try:
+            module = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, UserError):
+                raise
+            raise ModelConfigError(f"{source}model layer {i} ({name} {args}): {str(e).splitlines()[0]}") from None
         module.i, module.f, module.type = i, f, name
         module.np = sum(p.numel() for p in module.parameters())
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
@@ -165,7 +302,6 @@ def parse_model(d: dict, ch: list[int]) -> tuple[nn.Sequential, list[int]]:
         if i == 0:
             ch = []
         ch.append(c2)
-        del n_
     return nn.Sequential(*layers), sorted(save)
 
 
@@ -280,11 +416,20 @@ def model_flops(model: nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
     p = next(model.parameters())
     stride = int(max(getattr(model, "stride", torch.tensor([32.0])).max().item(), 32))
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
-    im = torch.zeros((1, p.shape[1] if p.dim() == 4 else 3, stride, stride), device=p.device, dtype=p.dtype)
+    ch = int(getattr(model, "yaml", {}).get("ch", 3))  # not the first conv's inputs: Focus takes 4x those
+    im = torch.zeros((1, ch, stride, stride), device=p.device, dtype=p.dtype)
     counted = copy.deepcopy(model).eval()
     with contextlib.redirect_stdout(None), torch.no_grad():
-        macs = thop.profile(counted, inputs=(im,), verbose=False)[0]
+        macs = thop.profile(counted, inputs=(im,), verbose=False, custom_ops={nn.MultiheadAttention: _count_mha})[0]
     return macs * 2 / 1e9 * (h / stride) * (w / stride)
+
+
+def _count_mha(m: nn.MultiheadAttention, inputs: tuple, output: tuple) -> None:
+    """thop has no rule for attention: count the q/k/v and output projections plus the two L x L products."""
+    q = inputs[0]  # Tensor[L, B, E] (sequence first)
+    length, batch, e = q.shape
+    macs = batch * (4 * length * e * e + 2 * length * length * e)
+    m.total_ops += torch.tensor([float(macs)], dtype=torch.float64)
 
 
 def model_summary(model: nn.Module, imgsz: int = 640, name: str | None = None) -> str:

@@ -13,7 +13,7 @@ from tests.conftest import copy_coco_subset, write_data_yaml
 from utils.data.augment import letterbox
 from utils.data.dataset_config import DatasetError, img2label_path, list_image_files, load_data_config
 from utils.data.datasets import YoloDataset, create_dataloader, rect_batch_shapes
-from utils.data.labels import cache_path_for, scan_labels, verify_image_label
+from utils.data.labels import cache_path_for, scan_labels, verify_image_label, write_yolo_labels
 
 
 @pytest.fixture()
@@ -102,6 +102,19 @@ def test_read_only_label_folder_costs_only_the_cache(tiny, capsys):
     assert "is not writeable, label cache not saved" in out and not (labels / "train.cache").exists()
 
 
+def test_missing_labels_folder_is_named_not_called_unwriteable(tiny, capsys):
+    shutil.rmtree(tiny / "labels")
+    scan = scan_labels(list_image_files(str(tiny / "images" / "train")), nc=2)
+    out = capsys.readouterr().out
+    assert len(scan.im_files) == 2 and scan.n_missing == 2 and scan.n_found == 0
+    warnings = [line for line in out.splitlines() if "WARNING" in line]
+    assert warnings == [
+        f"WARNING ⚠️ labels folder {tiny / 'labels' / 'train'} does not exist: no labels for the images in "
+        f"{tiny / 'images' / 'train'} (YOLO labels go in a labels/ folder beside images/)"
+    ]
+    assert "writeable" not in out and not (tiny / "labels").exists()
+
+
 def test_data_yaml_resolution_and_errors(tiny, tmp_path):
     data = load_data_config(write_data_yaml(tiny, ["a", "b"]))
     assert data["nc"] == 2 and data["names"] == {0: "a", 1: "b"}
@@ -162,3 +175,13 @@ def test_single_cls_and_bad_dataset_in_yoloDataset(tiny):
     (tiny / "images" / "train").mkdir()
     with pytest.raises(DatasetError, match="no images found"):
         YoloDataset(str(tiny / "images" / "train"), nc=2)
+
+
+def test_write_yolo_labels_known_answer(tmp_path):
+    """xyxy pixels of a 100x200 (h, w) image -> ``cls x y w h [conf]`` normalised, appended, ``%g`` numbers."""
+    det = torch.tensor([[10.0, 20.0, 30.0, 60.0, 0.9, 2.0], [0.0, 0.0, 200.0, 100.0, 0.25, 0.0]])
+    file = tmp_path / "a.txt"
+    write_yolo_labels(det, (100, 200, 3), file, save_conf=True)
+    assert file.read_text().splitlines() == ["2 0.1 0.4 0.1 0.4 0.9", "0 0.5 0.5 1 1 0.25"]
+    write_yolo_labels(det[:1].half(), (100, 200), file)  # appends; fp16 detections are written as fp32
+    assert file.read_text().splitlines()[-1] == "2 0.1 0.4 0.1 0.4"

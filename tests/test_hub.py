@@ -173,8 +173,13 @@ def test_official_name_from_the_working_directory_or_offline_error(yolov5n_pt, t
     monkeypatch.setenv("YOLO_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="yolov5s.pt: file not found and downloads are disabled"):
         torch.hub.load(str(REPO), "yolov5s", source="local", _verbose=False)
-    with pytest.raises(UsageError, match="classes=80"):
+    with pytest.raises(UsageError, match="classes=10, pretrained=True gives a model to train.*autoshape=False"):
         torch.hub.load(str(REPO), "yolov5n", source="local", classes=10)
+    trainable = torch.hub.load(str(REPO), "yolov5n", source="local", classes=10, autoshape=False, device="cpu")
+    assert "Transferred 342/349 items from yolov5n.pt" in capsys.readouterr().out  # not: 3 head convs, anchors
+    assert trainable.detect.nc == 10 and trainable(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 15
+    scratch = torch.hub.load(str(REPO), "yolov5s", source="local", pretrained=False, autoshape=False)
+    assert sum(p.numel() for p in scratch.parameters()) == 7235389  # upstream's yolov5s: 7,235,389 parameters
 
 
 def test_ensemble_tta_and_bare_model(yolov5n_pt, image, capsys):
@@ -199,3 +204,14 @@ def test_bad_inputs_are_one_line_errors(hub_model, tmp_path):
         hub_model("http://127.0.0.1:9/x.jpg")  # nothing listens on the discard port: refused at once, offline too
     with pytest.raises(UsageError, match="load the model with .*augment=True"):
         hub_model(np.zeros((64, 64, 3), np.uint8), augment=True)
+
+
+def test_another_projects_utils_package_is_one_clear_error(tmp_path):
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("")
+    script = f"import utils, torch; torch.hub.load({str(REPO)!r}, 'custom', path='x.pt', source='local')"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("ImportError: hubconf: a different 'utils' package is already")
+    assert str(tmp_path / "utils") in last

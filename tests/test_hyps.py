@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.train.hyps import HYP_KEYS, HYP_LIMITS, load_hyp, mutate_hyp
+from utils.options import run_cli
+from utils.train.hyps import HYP_KEYS, HYP_LIMITS, HypError, load_hyp, mutate_hyp
 
 HYPS = Path(__file__).resolve().parents[1] / "data" / "hyps"
 
@@ -65,9 +66,18 @@ def test_shipped_values():
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**SCRATCH_LOW, "anchors": 3}))
-    with pytest.raises(ValueError, match=r"bad\.yaml: unknown keys \['anchors'\]") as e:
+    with pytest.raises(HypError, match=r"bad\.yaml: unknown keys \['anchors'\]") as e:
         load_hyp(path)
     assert "\n" not in str(e.value)
+
+
+def test_hyp_errors_reach_the_user_as_one_line(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**SCRATCH_LOW, "lr_0": 0.01}))
+    with pytest.raises(SystemExit) as e:
+        run_cli("train.py", lambda: load_hyp(path))  # what train.py's entry point does with it
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"train.py: error: {path}: unknown keys ['lr_0']"]
 
 
 def test_missing_key_is_named(tmp_path):

@@ -3,26 +3,98 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.yolo import DetectionModel, model_flops, model_summary, parse_model
+from models.common import Contract, Conv, Expand, MixConv2d, _mixconv_split
+from models.yolo import DetectionModel, model_flops, model_summary, parse_activation, parse_model
+from utils.errors import UserError
 
-CFGS = sorted((Path(__file__).resolve().parents[1] / "models").glob("yolov5*.yaml"))
-# Published parameter counts of the unfused models (80 classes)
-PARAMS = {"yolov5n": 1872157, "yolov5s": 7235389, "yolov5m": 21190557, "yolov5l": 46563709, "yolov5x": 86749405}
+# Upstream's 23 model YAMLs (REFERENCE.md): folder, parameters (80 classes, unfused), GFLOPs at 640, max stride
+ZOO = {
+    "yolov3-spp": ("hub", 62998749, 157.5, 32),
+    "yolov3-tiny": ("hub", 8852366, 13.3, 32),
+    "yolov3": ("hub", 61949149, 156.6, 32),
+    "yolov5-bifpn": ("hub", 46825853, 110.4, 32),
+    "yolov5-fpn": ("hub", 41117565, 100.3, 32),
+    "yolov5-p2": ("hub", 47493372, 126.3, 32),
+    "yolov5-p34": ("hub", 5331518, 15.1, 16),
+    "yolov5-p6": ("hub", 76770172, 111.8, 64),
+    "yolov5-p7": ("hub", 144281723, 116.5, 128),
+    "yolov5-panet": ("hub", 46563709, 109.6, 32),
+    "yolov5l6": ("hub", 76770172, 111.8, 64),
+    "yolov5m6": ("hub", 35731932, 50.3, 64),
+    "yolov5n6": ("hub", 3246940, 4.7, 64),
+    "yolov5s-LeakyReLU": ("hub", 7235389, 16.6, 32),
+    "yolov5s-ghost": ("hub", 3897605, 8.9, 32),
+    "yolov5s-transformer": ("hub", 7235645, 16.6, 32),
+    "yolov5s6": ("hub", 12626620, 17.0, 64),
+    "yolov5x6": ("hub", 140794780, 210.4, 64),
+    "yolov5l": ("", 46563709, 109.6, 32),
+    "yolov5m": ("", 21190557, 49.2, 32),
+    "yolov5n": ("", 1872157, 4.6, 32),
+    "yolov5s": ("", 7235389, 16.6, 32),
+    "yolov5x": ("", 86749405, 206.3, 32),
+}
+MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-@pytest.mark.parametrize("cfg", CFGS, ids=[c.stem for c in CFGS])
-def test_every_yaml_builds_with_right_output_shapes(cfg):
-    m = DetectionModel(cfg, nc=3).eval()
-    p6 = cfg.stem.endswith("6")
-    assert m.stride.tolist() == ([8.0, 16.0, 32.0, 64.0] if p6 else [8.0, 16.0, 32.0])
-    s = 128 if p6 else 64
+def test_every_shipped_yaml_is_in_the_zoo_table():
+    shipped = {p.stem for p in MODELS.glob("*.yaml")} | {p.stem for p in (MODELS / "hub").glob("*.yaml")}
+    assert shipped == set(ZOO)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_config_parameters_gflops_stride_and_outputs(name):
+    folder, params, gflops, stride = ZOO[name]
+    cfg = MODELS / folder / f"{name}.yaml"
+    m = DetectionModel(cfg)
+    assert sum(p.numel() for p in m.parameters()) == params
+    assert model_flops(m, 640) == pytest.approx(gflops, rel=0.01)
+    strides = m.stride.tolist()
+    assert max(strides) == stride and strides == sorted(strides) and len(strides) == m.detect.nl
+    m.eval()
+    s = 2 * stride
     with torch.no_grad():
         decoded, raw = m(torch.zeros(1, 3, s, s))
-    cells = sum((s // int(st)) ** 2 for st in m.stride)
-    assert decoded.shape == (1, 3 * cells, 8)
-    assert [tuple(r.shape) for r in raw] == [(1, 3, s // int(st), s // int(st), 8) for st in m.stride]
-    if cfg.stem in PARAMS:
-        assert sum(p.numel() for p in DetectionModel(cfg).parameters()) == PARAMS[cfg.stem]
+    assert [tuple(r.shape) for r in raw] == [(1, 3, s // int(st), s // int(st), 85) for st in strides]
+    assert decoded.shape == (1, 3 * sum((s // int(st)) ** 2 for st in strides), 85)
+
+
+def test_activation_key_replaces_silu_and_does_not_leak():
+    m = DetectionModel("yolov5s-LeakyReLU.yaml", nc=3)
+    acts = {type(mod.act) for mod in m.modules() if isinstance(mod, Conv)}
+    assert acts == {torch.nn.LeakyReLU} and m.model[0].act.negative_slope == 0.1
+    assert isinstance(DetectionModel("yolov5n.yaml", nc=3).model[0].act, torch.nn.SiLU)  # next model: SiLU again
+
+
+@pytest.mark.parametrize(
+    "spec", ["__import__('os').system('echo pwned')", "nn.Linear(3, 3)", "nn.LeakyReLU(x)", "nn.LeakyReLU(0.1"]
+)
+def test_bad_activation_is_one_line_and_never_evaluated(spec):
+    with pytest.raises(UserError, match="activation") as e:
+        parse_activation(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_torch_layers_only_from_the_allow_list():
+    d = {
+        "nc": 1,
+        "anchors": [[10, 13, 16, 30, 33, 23]],
+        "backbone": [[-1, 1, "Conv", [16, 3, 2]], [-1, 1, "nn.ZeroPad2d", [[0, 1, 0, 1]]]],
+        "head": [[-1, 1, "nn.BatchNorm2d", [None]], [-1, 1, "nn.Module", []]],
+    }
+    with pytest.raises(UserError, match="model layer 3: unknown layer type 'nn.Module'"):
+        parse_model(d, ch=[3])
+    d["head"].pop()
+    layers, _ = parse_model(d, ch=[3])
+    assert layers[2].num_features == 16 and layers[1](torch.zeros(1, 16, 4, 4)).shape == (1, 16, 5, 5)
+
+
+def test_contract_expand_and_mixconv():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    y = Contract(2)(x)
+    assert y.shape == (2, 12, 2, 3) and torch.equal(y[:, :3], x[:, :, ::2, ::2]) and torch.equal(Expand(2)(y), x)
+    assert _mixconv_split(64, (1, 3, 5), True) == [22, 21, 21]
+    assert _mixconv_split(64, (1, 3, 5), False) == [56, 6, 2]  # about equal parameters: 56*1, 6*9, 2*25
+    assert MixConv2d(16, 64, (1, 3, 5))(torch.rand(1, 16, 8, 8)).shape == (1, 64, 8, 8)
 
 
 def test_names_match_official_state_dict_keys():
@@ -65,6 +137,13 @@ def test_unknown_layer_lists_known_ones():
     }
     with pytest.raises(ValueError, match=r"unknown layer type 'NotALayer'; known types: Conv, Bottleneck"):
         parse_model(d, ch=[3])
+
+
+def test_unknown_layer_in_a_yaml_file_names_the_file(tmp_path):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("nc: 2\nanchors: 3\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]]\n  - [-1, 1, CBAM, [16]]\nhead: []\n")
+    with pytest.raises(UserError, match=r"^mine\.yaml: model layer 1: unknown layer type 'CBAM'; known types: Conv"):
+        DetectionModel(cfg)
 
 
 def test_yaml_strings_are_never_evaluated():

@@ -14,6 +14,7 @@ Checkpoints are written atomically: to a temporary file in the same folder, then
 
 from __future__ import annotations
 
+import _compat_pickle
 import datetime
 import os
 import pickle
@@ -23,6 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,10 +42,14 @@ class CheckpointError(UserError):
 
 # --------------------------------------------------------------------------------------------- restricted unpickler
 class _Inert:
-    """Stand-in for any class an official checkpoint pickles (models, layers, argparse.Namespace...).
+    """Stand-in for a class of a known checkpoint writer (YOLOv5 models and layers, torch.nn modules,
+    argparse.Namespace, pathlib paths, Ultralytics classes...).
 
     It only stores the state it is given; it has no behaviour that the file could trigger.
     """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args = args
@@ -57,16 +63,29 @@ class _Inert:
             self.__dict__["_state"] = state
 
 
-_INERT_CLASSES: dict[tuple[str, str], type] = {}
-_INERT_MODULE_PREFIXES = ("models.", "torch.nn.modules.", "utils.", "argparse", "pathlib")
+class _Foreign(_Inert):
+    """Stand-in for any other global the pickle names. An object of such a class may be restored (its state is only
+    stored), but calling it, which is how a pickle runs code (``os.system``, ``eval``...), is refused."""
+
+    source = "<checkpoint>"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        name = f"{type(self).__module__.removeprefix('inert.')}.{type(self).__name__}"
+        raise CheckpointError(
+            f"{self.source}: refusing to load: the pickle asks to call '{name}', which is not checkpoint data "
+            f"(the file may be malicious)"
+        )
+
+
+_STAND_INS: dict[tuple[str, str, str], type] = {}
+# Modules whose classes are checkpoint structure: YOLOv5's (and forks') models/utils, torch.nn, option containers,
+# paths, Ultralytics (recognised and refused after loading). Their stand-ins accept constructor arguments.
+_INERT_MODULES = ("models", "utils", "torch.nn.modules", "argparse", "pathlib", "ultralytics", "types")
 _ALLOWED = {
     ("collections", "OrderedDict"),
     ("builtins", "set"),
-    ("__builtin__", "set"),
     ("builtins", "frozenset"),
-    ("__builtin__", "frozenset"),
     ("builtins", "slice"),
-    ("__builtin__", "slice"),
     ("builtins", "complex"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_tensor"),
@@ -74,9 +93,12 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter_with_state"),
     ("torch", "Size"),
     ("torch", "device"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
     ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+}
+_NUMPY_DATA = {  # numpy arrays and scalars: rebuilding one allocates memory from bytes and runs no code
+    "_reconstruct": np.zeros(1).__reduce__()[0],
+    "scalar": np.float64(0).__reduce__()[0],
 }
 _STORAGES = {
     "DoubleStorage",
@@ -93,23 +115,44 @@ _STORAGES = {
 _DTYPES = {"float16", "float32", "float64", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"}
 
 
+def _stand_in(module: str, name: str, source: str) -> type:
+    known = any(module == m or module.startswith(m + ".") for m in _INERT_MODULES)
+    key = (module, name, "" if known else source)
+    if key not in _STAND_INS:
+        attrs = {"__module__": "inert." + module} | ({} if known else {"source": source})
+        _STAND_INS[key] = type(name, (_Inert if known else _Foreign,), attrs)
+    return _STAND_INS[key]
+
+
+def class_path(obj: Any) -> str:
+    """``models.yolo.DetectionModel`` for a stand-in restored from a pickle, else the object's own type."""
+    t = type(obj)
+    return f"{t.__module__.removeprefix('inert.')}.{t.__qualname__}"
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """Protocol-2 pickles store ``bytes`` (numpy array data) as ``_codecs.encode(text, 'latin1')``."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}, not latin1")
+    return text.encode("latin1")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     source = "<checkpoint>"
 
     def find_class(self, module: str, name: str):
+        # protocol-2 pickles (torch.save's) name Python 2 modules: __builtin__.eval, commands.Popen -> Python 3 names
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in _NUMPY_DATA:
+            return _NUMPY_DATA[name]
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if module == "torch" and (name in _STORAGES or name in _DTYPES):
             return getattr(torch, name)
-        if module.startswith(_INERT_MODULE_PREFIXES) and name[:1].isupper():
-            key = (module, name)
-            if key not in _INERT_CLASSES:
-                _INERT_CLASSES[key] = type(name, (_Inert,), {"__module__": "inert." + module})
-            return _INERT_CLASSES[key]
-        raise CheckpointError(
-            f"{self.source}: refusing to load: the pickle asks for '{module}.{name}', which is not a checkpoint "
-            f"data type (the file may be malicious)"
-        )
+        return _stand_in(module, name, self.source)
 
 
 def _restricted_pickle_module(source: str):
@@ -178,7 +221,13 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or wrong file?)")
+        with open(path, "rb") as fh:
+            truncated = fh.read(4) == b"PK\x03\x04"  # a zip's start without its central directory (the end)
+        if truncated:
+            raise CheckpointError(f"{path}: cannot read: a truncated or damaged zip archive (incomplete download?)")
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (not a zip archive: truncated, saved by torch < 1.6, or another file)"
+        )
     try:
         ckpt = _torch_load(path, weights_only=True)
     except CheckpointError:
@@ -203,30 +252,107 @@ def read_checkpoint(path: str | Path) -> dict:
     return _from_official(ckpt, path)
 
 
-def _from_official(ckpt: Any, path: Path) -> dict:
-    if not isinstance(ckpt, dict) or ("model" not in ckpt and "ema" not in ckpt):
-        raise CheckpointError(f"{path}: not a YOLOv5 checkpoint (no 'model' entry)")
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars/arrays of one value (older YOLOv5 runs store ``best_fitness`` so) as Python numbers."""
+    if isinstance(v, (np.ndarray, np.generic)) and v.size == 1:
+        return v.item()
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    return v
+
+
+def _layer_classes(model: Any) -> list[tuple[str, str]]:
+    """``(index, class name)`` of each top-level layer of a restored YOLOv5-style model (``model.model[i]``)."""
+    seq = (model.__dict__.get("_modules") or {}).get("model")
+    layers = (getattr(seq, "__dict__", {}).get("_modules") or {}) if seq is not None else {}
+    return [(k, type(v).__name__) for k, v in layers.items() if v is not None]
+
+
+def identify_foreign(ckpt: Any, path: Path) -> None:
+    """Raise a ``CheckpointError`` saying what the file is when it is not a YOLOv5 detection checkpoint we can build:
+    a bare state_dict, an Ultralytics YOLOv8/YOLO11 model, a YOLOv5 classification or segmentation model, or a fork
+    whose layers are unknown here (listed)."""
+    from models.yolo import LAYERS  # models import utils; keep utils importable without models
+
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a YOLOv5 checkpoint (the pickle holds a {class_path(ckpt)})")
+    if _is_state_dict(ckpt):
+        raise CheckpointError(
+            f"{path}: a bare state_dict ({len(ckpt)} tensors such as '{next(iter(ckpt))}'), not a YOLOv5 checkpoint: "
+            "it has no model structure; load it into a model and save that (or train.py's best.pt/last.pt)"
+        )
     model = ckpt.get("ema") or ckpt.get("model")
-    if isinstance(model, _Inert) and isinstance(model.__dict__.get("yaml"), dict):
-        d = model.__dict__
-        names = d.get("names")
-        state = {k: v.float() if v.is_floating_point() else v for k, v in _inert_state_dict(model).items()}
-        stride = d.get("stride")
-        meta = {k: ckpt.get(k) for k in ("epoch", "best_fitness", "date") if k in ckpt}
-        model_yaml = dict(d["yaml"])
-        if isinstance(d.get("yaml_file"), str):  # e.g. 'yolov5n.yaml': names the summary line
-            model_yaml.setdefault("yaml_file", Path(d["yaml_file"]).name)
-        return {
-            "format": FORMAT,
-            "model_yaml": model_yaml,
-            "names": normalize_names(names, d["yaml"].get("nc")),
-            "stride": [float(s) for s in stride] if stride is not None else None,
-            "state_dict": state,
-            "bn_eps": _inert_bn_eps(model),
-            "source": "official-yolov5",
-            **meta,
-        }
-    raise CheckpointError(f"{path}: not a YOLOv5 detection checkpoint (model object has no 'yaml')")
+    if model is None:
+        keys = ", ".join(map(str, list(ckpt)[:6]))
+        raise CheckpointError(f"{path}: not a YOLOv5 checkpoint (no 'model' entry; keys: {keys})")
+    if _is_state_dict(model):
+        raise CheckpointError(
+            f"{path}: 'model' is a bare state_dict ({len(model)} tensors), not a YOLOv5 model object: the file has "
+            "no model structure to rebuild"
+        )
+    cls = class_path(model)
+    if cls.startswith("ultralytics."):
+        version = f", ultralytics {ckpt['version']}" if isinstance(ckpt.get("version"), str) else ""
+        raise CheckpointError(
+            f"{path}: an Ultralytics YOLOv8/YOLO11-family checkpoint ({cls}{version}); this toolkit reads YOLOv5 "
+            "detection checkpoints (models.yolo.Model / DetectionModel)"
+        )
+    classes = _layer_classes(model)
+    kinds = {"Classify": "classification", "Segment": "segmentation", "Proto": "segmentation"}
+    kind = next((kinds[c] for _, c in classes if c in kinds), None)
+    kind = kind or ("classification" if "Classification" in cls else "segmentation" if "Segmentation" in cls else None)
+    if kind:
+        raise CheckpointError(
+            f"{path}: a YOLOv5 {kind} checkpoint ({cls}); this toolkit reads YOLOv5 detection checkpoints only"
+        )
+    yaml_dict = getattr(model, "__dict__", {}).get("yaml")
+    if not isinstance(yaml_dict, dict) or not isinstance(yaml_dict.get("backbone"), list):
+        raise CheckpointError(f"{path}: not a YOLOv5 detection checkpoint (the {cls} object has no model YAML)")
+    known_classes = {c.__name__ for c in LAYERS.values()} | {"Sequential"}
+    unknown: dict[str, list[str]] = {}
+    for i, row in enumerate(yaml_dict["backbone"] + (yaml_dict.get("head") or [])):
+        name = row[2] if isinstance(row, (list, tuple)) and len(row) == 4 else repr(row)
+        if name not in LAYERS:
+            unknown.setdefault(str(name), []).append(str(i))
+    for i, c in classes:
+        if c not in known_classes and c not in unknown:
+            unknown.setdefault(c, []).append(i)
+    if unknown:
+        listed = ", ".join(f"{name} (layer {', '.join(at)})" for name, at in unknown.items())
+        raise CheckpointError(
+            f"{path}: a YOLOv5 fork with layers this toolkit does not know: {listed}; known layers: {', '.join(LAYERS)}"
+        )
+
+
+def _from_official(ckpt: Any, path: Path) -> dict:
+    identify_foreign(ckpt, path)
+    model = ckpt.get("ema") or ckpt.get("model")
+    d = model.__dict__
+    names = d.get("names")
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in _inert_state_dict(model).items()
+        if isinstance(v, torch.Tensor)
+    }
+    stride = d.get("stride")
+    meta = {k: _plain(ckpt.get(k)) for k in ("epoch", "best_fitness", "date") if k in ckpt}
+    model_yaml = dict(d["yaml"])
+    if isinstance(d.get("yaml_file"), str):  # e.g. 'yolov5n.yaml': names the summary line
+        model_yaml.setdefault("yaml_file", Path(d["yaml_file"].replace("\\", "/")).name)
+    return {
+        "format": FORMAT,
+        "model_yaml": model_yaml,
+        "names": normalize_names(names, d["yaml"].get("nc")),
+        "stride": [float(s) for s in stride] if stride is not None else None,
+        "state_dict": state,
+        "bn_eps": _inert_bn_eps(model),
+        "source": "official-yolov5",
+        **meta,
+    }
 
 
 def normalize_names(names: Any, nc: int | None = None) -> dict[int, str]:

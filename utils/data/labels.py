@@ -171,6 +171,8 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
     """Verify every image/label pair (threads), using or rebuilding the label cache; prints the summary line."""
     lb_files = [img2label_path(f) for f in im_files]
     cache_file = cache_path_for(im_files)
+    label_dir = Path(lb_files[0]).parent
+    no_label_dir = not label_dir.is_dir()  # say so, instead of failing to write a cache into it
     key = _files_hash(im_files + lb_files) + f"|nc={nc}"
     cache = _read_cache(cache_file, key) if use_cache else None
     desc = f"{prefix}Scanning {cache_file.with_suffix('')}..."
@@ -189,7 +191,7 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
             bar.set_description(f"{desc} {_summary(counts)}")  # final counts always shown
             bar.close()
         cache = {"version": CACHE_VERSION, "hash": key, "entries": results, "counts": counts}
-        if use_cache:
+        if use_cache and not no_label_dir:
             _write_cache(cache_file, cache, prefix)
     else:
         c = cache["counts"]
@@ -213,7 +215,12 @@ def scan_labels(im_files: list[str], nc: int, prefix: str = "", workers: int = 8
         from utils.data.dataset_config import DatasetError
 
         raise DatasetError(f"{prefix}no usable images in {cache_file.with_suffix('')} ({c['corrupt']} corrupt)")
-    if scan.n_found == 0:
+    if no_label_dir:
+        LOGGER.warning(
+            f"{prefix}{WARN} labels folder {label_dir} does not exist: no labels for the images in "
+            f"{Path(im_files[0]).parent} (YOLO labels go in a labels/ folder beside images/)"
+        )
+    elif scan.n_found == 0:
         LOGGER.warning(f"{prefix}{WARN} no labels found in {cache_file.with_suffix('')}: training needs labels")
     return scan
 

@@ -7,6 +7,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from utils.errors import UserError
+
+
+class HypError(UserError):
+    """A hyp YAML with unknown or missing keys or a bad value; the message is one line naming the file."""
+
+
 # Every hyp file holds exactly these keys, in this order (the order of data/hyps/*.yaml).
 HYP_KEYS: tuple[str, ...] = (
     "lr0",
@@ -81,7 +88,7 @@ def load_hyp(path_or_dict: str | Path | dict) -> dict[str, float]:
     """Read a hyp YAML (or check a dict) and return ``{key: float}`` in ``HYP_KEYS`` order.
 
     Raises:
-        ValueError: one line naming the source and the unknown or missing keys, a value that is not a number,
+        HypError: one line naming the source and the unknown or missing keys, a value that is not a number,
             or a value outside its valid range (probabilities in [0, 1], lr0 > 0, ...).
     """
     if isinstance(path_or_dict, dict):
@@ -91,25 +98,25 @@ def load_hyp(path_or_dict: str | Path | dict) -> dict[str, float]:
         with open(path_or_dict, encoding="utf-8") as f:
             raw = yaml.safe_load(f) or {}
         if not isinstance(raw, dict):
-            raise ValueError(f"{source}: expected a mapping of hyperparameters, got {type(raw).__name__}")
+            raise HypError(f"{source}: expected a mapping of hyperparameters, got {type(raw).__name__}")
     unknown = [k for k in raw if k not in HYP_KEYS]
     missing = [k for k in HYP_KEYS if k not in raw]
     if unknown or missing:
         parts = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
-        raise ValueError(f"{source}: {'; '.join(parts)}")
+        raise HypError(f"{source}: {'; '.join(parts)}")
     hyp = {}
     for k in HYP_KEYS:
         try:
             hyp[k] = float(raw[k])  # also accepts '5e-4', which PyYAML reads as a string
         except (TypeError, ValueError):
-            raise ValueError(f"{source}: {k} must be a number, got {raw[k]!r}") from None
+            raise HypError(f"{source}: {k} must be a number, got {raw[k]!r}") from None
     _check_ranges(hyp, source)
     return hyp
 
 
 def _check_ranges(hyp: dict[str, float], source: str) -> None:
     def fail(key: str, rule: str) -> None:
-        raise ValueError(f"{source}: {key}={hyp[key]} is out of range, expected {rule}")
+        raise HypError(f"{source}: {key}={hyp[key]} is out of range, expected {rule}")
 
     if not hyp["lr0"] > 0:
         fail("lr0", "lr0 > 0")
