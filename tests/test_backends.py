@@ -168,11 +168,14 @@ def test_cpu_half_runs_every_pytorch_member_in_bf16_with_fp32_boxes(yolov5n_pt, 
     kw = dict(augment=True, imgsz=320)
     ref = load_inference_model([str(yolov5n_pt)] * 2, cpu, **kw)
     bf16 = load_inference_model([str(yolov5n_pt)] * 2, cpu, half=True, **kw)
-    assert not bf16.half_precision and [m.autocast_dtype for m in bf16.net.model] == [torch.bfloat16] * 2
+    assert (
+        not bf16.half_precision
+        and [m.autocast_dtype for m in bf16.modules() if isinstance(m, PyTorchBackend)] == [torch.bfloat16] * 2
+    )
     im = letterbox(cv2.imread(str(next((coco128 / "images" / "train2017").glob("*.jpg")))), 320, auto=False)[0]
     x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
     with torch.inference_mode():
-        y_ref, y_bf16 = ref(x)[0], bf16(x)[0]
+        y_ref, y_bf16 = (y[0] if isinstance(y, tuple) else y for y in (ref(x), bf16(x)))
     assert y_bf16.dtype == torch.float32
     d_ref, d_bf16 = (non_max_suppression(y, 0.25, 0.45)[0] for y in (y_ref, y_bf16))
     assert len(d_ref) and len(d_ref) == len(d_bf16)
