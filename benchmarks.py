@@ -4,6 +4,7 @@ Usage:
     python benchmarks.py --weights yolov5n.pt --data coco128.yaml --imgsz 640
     python benchmarks.py --weights yolov5n.pt --prune 0.1 0.2 0.3            # plus a sparsity sweep (PyTorch)
     python benchmarks.py --weights a.pt b.pt                                 # an Ensemble, exported as one file
+    python benchmarks.py --weights yolov5n.pt --prune-channels 0.1 0.3 0.5 --epochs 3   # channel-pruning sweep
     python benchmarks.py --hard-fail 0.30                                    # exit 1 on an error or mAP < 0.30
     python benchmarks.py --study --data data/shapes.yaml --imgsz 160 --epochs 10 \
         --cfgs yolov5n.yaml yolov5s.yaml --ensembles yolov5n,yolov5n         # accuracy-vs-cost study (utils/study.py)
@@ -37,6 +38,7 @@ from utils.export.formats import (
 from utils.files import increment_path
 from utils.log import LOGGER
 from utils.options import (
+    CHANNEL_PRUNE_METHODS,
     ENSEMBLE_MODES,
     OPTIMIZERS,
     UsageError,
@@ -83,6 +85,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prune-exclude", nargs="*", default=[], help="module prefixes kept dense when pruning")
     exportable = [m for m in ENSEMBLE_MODES if m != "wbf"]  # wbf's per-member NMS runs in Python: not exportable
     p.add_argument("--ensemble-mode", choices=exportable, default="nms", help="merge of several weights")
+    p.add_argument(
+        "--prune-channels",
+        nargs="*",
+        type=float,
+        default=[],
+        help="channel-pruning sweep (utils/prune_sweep.py) over these ratios instead; --epochs: fine-tune length",
+    )
+    p.add_argument("--prune-method", choices=CHANNEL_PRUNE_METHODS, default="l1", help="--prune-channels importance")
+    p.add_argument("--finetune-imgsz", type=int, default=320, help="--prune-channels: fine-tune image size")
     p.add_argument("--study", action="store_true", help="accuracy-vs-cost study (utils/study.py) instead")
     p.add_argument("--cfgs", nargs="+", default=[], help="--study: model YAMLs to train and measure")
     p.add_argument(
@@ -137,6 +148,9 @@ def run(
     prune: list[float] | tuple[float, ...] = (),
     prune_exclude: list[str] | None = None,
     ensemble_mode: str = "nms",
+    prune_channels: list[float] | tuple[float, ...] = (),
+    prune_method: str = "l1",
+    finetune_imgsz: int = 320,
     project: str | Path = "runs/benchmarks",
     name: str = "exp",
     exist_ok: bool = False,
@@ -151,9 +165,14 @@ def run(
     """Validate the weights and each export; print the table, save ``benchmarks.csv``; returns the rows.
 
     ``study=True`` runs ``utils.study.run_study`` instead (``cfgs``, ``ensembles``, ``epochs`` and the training
-    recipe ``hyp``/``optimizer``/``nbs``) and returns its folder.
+    recipe ``hyp``/``optimizer``/``nbs``) and returns its folder. ``prune_channels`` runs the channel-pruning sweep
+    of ``utils.prune_sweep`` (with the unstructured ``prune`` ratios, default 0.1 0.2 0.3) and returns its rows.
     """
     paths = [str(weights)] if isinstance(weights, (str, Path)) else [str(w) for w in weights]
+    if prune_channels:
+        save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)
+        sweep = dict(method=prune_method, imgsz=imgsz, epochs=epochs, finetune_imgsz=finetune_imgsz, workers=workers)
+        return _channel_sweep(paths, data, list(prune_channels), list(prune) or [0.1, 0.2, 0.3], save_dir, sweep)
     if study:
         import train
         from utils.study import run_study
@@ -232,6 +251,18 @@ def _save_csv(rows: list[dict], csv_file: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return csv_file
+
+
+def _channel_sweep(paths: list[str], data: str, ratios: list[float], unstructured: list[float], save_dir: Path,
+                   sweep: dict) -> list[dict]:  # fmt: skip
+    import export
+    import train
+    from utils.prune_sweep import run_channel_sweep
+
+    if len(paths) != 1:
+        raise UsageError("--prune-channels: the sweep takes one --weights file")
+    fns = dict(train_fn=train.run, val_fn=validate.run, export_fn=export.run)
+    return run_channel_sweep(paths[0], data, ratios, save_dir, unstructured=unstructured, **fns, **sweep)
 
 
 def _hard_fail(rows: list[dict], floor: float) -> None:

@@ -92,7 +92,7 @@ def run(
     """Detect on ``source`` and save annotated images/videos (and labels, crops); returns the run folder.
 
     ``inference``: the other ``InferenceOptions`` keywords (``tta_scales, tta_flips, ensemble_mode, prune,
-    prune_exclude``), as the flags of the same names.
+    prune_exclude, prune_channels, prune_method, prune_global``), as the flags of the same names.
     """
     device = select_device(device)
     inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)

@@ -6,6 +6,7 @@ Usage:
     python export.py --weights yolov5n.pt --include onnx --no-dynamic     # fixed 1x3x640x640 input
     python export.py --weights yolov5n.pt --include onnx --nms             # final boxes from ONNX Runtime alone
     python export.py --weights yolov5n.pt --include pt --prune 0.3         # sparse-stored pruned checkpoint
+    python export.py --weights yolov5n.pt --include pt onnx --prune-channels 0.3   # channel-pruned: faster
 
 Formats (``--include``): pt, torchscript, onnx, openvino; engine (TensorRT), coreml and tflite when their package
 (and for TensorRT a CUDA device) is present. Exported files run in val.py and detect.py like .pt weights.
@@ -71,6 +72,9 @@ def run(
     max_det: int = 300,
     prune: float = 0.0,
     prune_exclude: list[str] | None = None,
+    prune_channels: float = 0.0,
+    prune_method: str = "l1",
+    prune_global: bool = False,
     ensemble_mode: str = "nms",
     augment: bool = False,
     tta_scales: list[float] | None = None,
@@ -97,13 +101,19 @@ def run(
     dev = select_device(device)
     if half and dev.type != "cuda" and any(f in HALF_NEEDS_CUDA for f in include):
         raise UsageError(f"--half: fp16 {'/'.join(HALF_NEEDS_CUDA)} export needs a CUDA device (use --device 0)")
-    model = load_export_model(paths, dev, prune, prune_exclude, ensemble_mode)
+    channels = {"ratio": prune_channels, "method": prune_method, "global_pruning": prune_global}
+    # a channel-pruned .pt keeps its BatchNorms so that train.py can fine-tune it; other formats get it fused
+    keep_bn = bool(prune_channels) and "pt" in include and len(paths) == 1
+    model = load_export_model(
+        paths, dev, prune, prune_exclude, ensemble_mode, channels if prune_channels else None, fuse=not keep_bn
+    )
     stride = int(max(model.stride))
     h, w = sizes * 2 if len(sizes) == 1 else sizes
     if h % stride or w % stride:
         raise UsageError(f"--imgsz {h} {w}: must be multiples of the model stride {stride}")
     source = Path(paths[0])
-    stem = source.stem + (f"_pruned{round(prune * 100)}" if prune else "") + ("_ensemble" if len(paths) > 1 else "")
+    stem = source.stem + (f"_pruned{round(prune * 100)}" if prune else "")
+    stem += (f"_ch{round(prune_channels * 100)}" if prune_channels else "") + ("_ensemble" if len(paths) > 1 else "")
     out_dir = Path(save_dir) if save_dir else source.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = ExportOptions(
@@ -121,7 +131,13 @@ def run(
         source=str(source),
     )
     LOGGER.info(f"\nStarting export of {', '.join(map(str, paths))} at {h}x{w}, batch {batch_size}...")
-    done = export_formats(model, list(include), out_dir / stem, opts, dev, source=source)
+    done = {}
+    if keep_bn:
+        done = export_formats(model, ["pt"], out_dir / stem, opts, dev, source=source)
+        model.fuse(verbose=False)
+    rest = [f for f in include if not (keep_bn and f == "pt")]
+    if rest:
+        done.update(export_formats(model, rest, out_dir / stem, opts, dev, source=source))
     LOGGER.info(f"\nExport complete: {', '.join(str(f) for f in done.values())}")
     return done
 

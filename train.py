@@ -18,7 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.options import OPTIMIZERS, add_shared, data_options, output_options, print_args, run_cli
+from utils.options import (
+    OPTIMIZERS,
+    add_shared,
+    channel_prune_options,
+    data_options,
+    output_options,
+    print_args,
+    run_cli,
+)
 
 # ``python train.py`` with no --data: a job that needs no download and no GPU. A YOLOv5n from scratch on the
 # synthetic shapes dataset, trained at 192 px and validated at the dataset's native 256 px, with AdamW and an
@@ -57,7 +65,7 @@ def _describe(job: dict) -> str:
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    parents = [data_options(), output_options("runs/train")]
+    parents = [data_options(), output_options("runs/train"), channel_prune_options()]
     p = argparse.ArgumentParser(
         description="Train a YOLOv5-style detector.",
         epilog=f"Options left unset take two sets of defaults. Without --data, the self-contained shapes job: "

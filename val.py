@@ -90,7 +90,7 @@ def run(
     """Evaluate ``weights`` on the ``task`` split of ``data``; returns ``(EvalResult, maps, save_dir)``.
 
     ``inference``: the other ``InferenceOptions`` keywords (``tta_scales, tta_flips, ensemble_mode, prune,
-    prune_exclude``), as the flags of the same names.
+    prune_exclude, prune_channels, prune_method, prune_global``), as the flags of the same names.
     """
     if task == "speed":
         conf_thres, iou_thres, save_json, noplots = 0.25, 0.45, False, True

@@ -58,7 +58,9 @@ class Ensemble(nn.ModuleList):
         if self.mode == "nms":
             return torch.cat(outs, 1)
         if self.mode in ("mean", "max"):
-            shapes = {tuple(int(n) for n in o.shape) for o in outs}  # traced sizes are tensors: hashed by identity
+            # checked eagerly only: traced sizes are tensors (hashed by identity, every layout looked different);
+            # export's dry run has checked the layouts before tracing
+            shapes = {tuple(o.shape) for o in outs} if not torch.jit.is_tracing() else set()
             if len(shapes) > 1:
                 raise EnsembleError(
                     f"--ensemble-mode {self.mode} needs members with identical output layouts, got "

@@ -344,6 +344,10 @@ class DetectionModel(nn.Module):
         if anchors is not None:
             self.yaml["anchors"] = anchors
         self.model, self.save = parse_model(self.yaml, ch=[ch])
+        if self.yaml.get("channel_widths"):  # a channel-pruned model: its recorded per-conv widths
+            from utils.inference.channel_prune import apply_conv_widths
+
+            apply_conv_widths(self, self.yaml["channel_widths"])
         for layer in self.model:  # YOLOv5's BN settings (eps is not part of the state dict)
             if isinstance(layer, TorchvisionBackbone):
                 continue  # torchvision's own eps/momentum, which its ImageNet statistics were computed with

@@ -178,6 +178,21 @@ def test_cpu_half_runs_every_pytorch_member_in_bf16_with_fp32_boxes(yolov5n_pt, 
     assert (d_ref[:, 4] - d_bf16[:, 4]).abs().max() < 0.05
 
 
+def test_large_batches_run_in_chunks_with_the_same_candidates(yolov5n_pt, monkeypatch):
+    """val.py's batch 32 runs as model calls of at most ``max_chunk`` images; results equal one call per image."""
+    model = load_inference_model(str(yolov5n_pt), torch.device("cpu"), imgsz=64)
+    calls = []
+    monkeypatch.setattr(model, "max_chunk", 4)
+    real = model.net.forward
+    monkeypatch.setattr(model.net, "forward", lambda x: calls.append(len(x)) or real(x))
+    x = torch.rand(10, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        y = model(x)
+        single = torch.cat([real(x[i : i + 1]) for i in range(10)])
+    assert calls == [4, 4, 2] and y.shape == single.shape == (10, 378, 85)
+    torch.testing.assert_close(y, single, atol=1e-4, rtol=1e-4)
+
+
 def test_inference_options_from_flat_keywords():
     opts = InferenceOptions.from_kwargs(augment=True, ensemble_mode="wbf", prune=0.3, imgsz=320)
     assert (opts.augment, opts.ensemble_mode, opts.prune, opts.imgsz, opts.half) == (True, "wbf", 0.3, 320, False)

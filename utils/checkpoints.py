@@ -388,7 +388,11 @@ def build_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> nn.M
     from models.yolo import DetectionModel  # models import utils; keep utils importable without models
 
     with checkpoint_weights():  # the checkpoint holds every tensor: no ImageNet file is read for a backbone
-        model = DetectionModel(dict(ckpt["model_yaml"]))
+        try:
+            model = DetectionModel(dict(ckpt["model_yaml"]))
+        except (ValueError, RuntimeError) as e:  # e.g. recorded channel widths that do not fit the YAML's layers
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path}: cannot build the model its YAML describes ({reason})") from None
     state = ckpt["state_dict"]
     own = model.state_dict()
     missing = [k for k in own if k not in state]

@@ -190,7 +190,8 @@ def evaluate(
     for batch_i, (im, targets, paths, shapes) in enumerate(bar):
         with dt[0]:
             im = im.to(device, non_blocking=True)
-            im = (im.half() if opts.half else im.float()) / 255
+            im = im.half() if opts.half else im.float()
+            im /= 255  # in place: a 32x3x640x640 fp32 batch is 157 MB
             targets = targets.to(device)
         nb, _, height, width = im.shape
         with dt[1]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from utils.errors import UsageError, UserError
 from utils.files import REPO_ROOT
+from utils.inference.channel_prune import METHODS as CHANNEL_PRUNE_METHODS
 from utils.log import LOGGER
 
 __all__ = ["REPO_ROOT", "UsageError", "UserError"]  # re-exported: scripts and tests import them from here
@@ -68,9 +69,32 @@ def threshold_options(conf: float, iou: float) -> argparse.ArgumentParser:
     return p
 
 
+def channel_prune_options() -> argparse.ArgumentParser:
+    """Structured pruning (``utils.inference.channel_prune``): val.py, detect.py, export.py and train.py."""
+    p = _parent()
+    p.add_argument(
+        "--prune-channels",
+        type=float,
+        default=0.0,
+        help="remove this fraction of conv output channels (torch-pruning): a smaller, faster model",
+    )
+    p.add_argument(
+        "--prune-method",
+        choices=CHANNEL_PRUNE_METHODS,
+        default="l1",
+        help="channel importance for --prune-channels: l1/l2 weight norm or bn-scale (|BatchNorm gamma|)",
+    )
+    p.add_argument(
+        "--prune-global",
+        action="store_true",
+        help="--prune-channels ranks channels over the whole network (layers pruned unevenly), not per layer",
+    )
+    return p
+
+
 def inference_options() -> argparse.ArgumentParser:
     """Test-time augmentation, ensembling and pruning: the same flags for val.py, detect.py and export.py."""
-    p = _parent()
+    p = argparse.ArgumentParser(add_help=False, parents=[channel_prune_options()])
     p.add_argument("--augment", action="store_true", help="test-time augmentation (scales and flips)")
     p.add_argument("--tta-scales", type=float, nargs="+", default=None, help="TTA scales (default 1 0.83 0.67)")
     p.add_argument(

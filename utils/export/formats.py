@@ -345,9 +345,15 @@ def load_export_model(
     prune: float = 0.0,
     prune_exclude: list[str] | None = None,
     ensemble_mode: str = "nms",
+    channel_prune: dict | None = None,
+    fuse: bool = True,
 ) -> nn.Module:
     """Fused eval model (or ``Ensemble`` of several) returning decoded Tensor[B, N, 5 + nc]; ``prune`` zeros
-    that fraction of conv weights (global L1 on the fused convs) and makes the masks permanent."""
+    that fraction of conv weights (global L1 on the fused convs) and makes the masks permanent.
+
+    ``channel_prune`` (keyword arguments of ``utils.inference.channel_prune.channel_prune``, e.g. ``{"ratio": 0.3}``)
+    removes channels from each member before it is fused; ``fuse=False`` keeps the BatchNorms (a trainable
+    checkpoint)."""
     from models.ensemble import Ensemble
     from models.yolo import Detect
     from utils.checkpoints import load_model
@@ -356,8 +362,14 @@ def load_export_model(
     paths = [weights] if isinstance(weights, (str, Path)) else list(weights)
     if len(paths) > 1 and ensemble_mode == "wbf":
         raise ExportError("--ensemble-mode wbf runs a per-member NMS in Python and cannot be exported; use nms")
-    members = [load_model(p, device, fuse=True) for p in paths]
+    members = [load_model(p, device, fuse=fuse and not channel_prune) for p in paths]
     for m in members:
+        if channel_prune:
+            from utils.inference.channel_prune import channel_prune as prune_channels
+
+            prune_channels(m, **channel_prune)
+            if fuse:
+                m.fuse(verbose=False)
         if prune:
             global_l1_prune(m, prune, prune_exclude)
             make_permanent(m)

@@ -1,0 +1,174 @@
+"""Structured channel pruning (utils/inference/channel_prune.py) and its checkpoints, exports and fine-tuning."""
+
+from __future__ import annotations
+
+import cv2
+import pytest
+import torch
+
+import detect
+import export
+import train
+import val
+from models.yolo import DetectionModel
+from utils.checkpoints import CheckpointError, build_from_checkpoint, load_model, read_checkpoint, save_checkpoint
+from utils.errors import UsageError
+from utils.inference.backends import load_backend
+from utils.inference.channel_prune import WIDTHS_KEY, channel_prune
+from utils.inference.loader import load_inference_model
+
+TINY = dict(imgsz=64, batch_size=4, workers=0, device="cpu", noautoanchor=True, noplots=True, exist_ok=True)
+
+
+@pytest.fixture(scope="module")
+def pruned_pt(yolov5n_pt, tmp_path_factory):
+    """yolov5n with 30% of each layer's channels removed (l1), saved unfused in our format."""
+    model = load_model(yolov5n_pt, fuse=False)
+    channel_prune(model, 0.3, "l1")
+    return save_checkpoint(model, tmp_path_factory.mktemp("cp") / "yolov5n_ch30.pt"), model
+
+
+def test_widths_shrink_and_the_head_outputs_stay(pruned_pt, capsys):
+    _, model = pruned_pt
+    convs = dict(model.named_modules())
+    assert convs["model.2.cv1.conv"].out_channels == 8  # 16 * 0.7 = 11.2: the nearest multiple of 8
+    assert convs["model.4.cv3.conv"].out_channels == 48  # 64 * 0.7 = 44.8
+    assert convs["model.8.cv3.conv"].out_channels == 176  # 256 * 0.7 = 179.2
+    assert [m.out_channels for m in model.detect.m] == [255, 255, 255]  # na * (5 + nc) untouched
+    assert [m.in_channels for m in model.detect.m] == [48, 88, 176]  # its inputs follow the pruned necks
+    assert sum(p.numel() for p in model.parameters()) == 949093  # of 1872157 dense
+    assert model.yaml[WIDTHS_KEY]["model.0.conv"] == [8, 3, 1]
+
+
+def test_round_trip_with_weights_only_gives_identical_outputs(pruned_pt):
+    path, model = pruned_pt
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # plain data, no code of ours needed
+    assert ckpt["model_yaml"][WIDTHS_KEY]["model.24.m.0"] == [255, 48, 1]
+    rebuilt = build_from_checkpoint(ckpt, path).eval()
+    x = torch.rand(2, 3, 128, 160, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x)[0], model.eval()(x)[0])
+        fused = load_model(path)  # the strict loader, fused as val/detect run it
+        assert torch.allclose(fused(x)[0], model(x)[0], atol=1e-3)
+
+
+def test_a_checkpoint_whose_widths_disagree_is_one_error(pruned_pt, tmp_path):
+    path, _ = pruned_pt
+    ckpt = read_checkpoint(path)
+    ckpt["model_yaml"][WIDTHS_KEY]["model.1.conv"] = [16, 8, 1]  # the next layer still takes 24 channels
+    with pytest.raises(CheckpointError, match="cannot build the model its YAML describes .*expected input"):
+        build_from_checkpoint(ckpt, path)
+    ckpt = read_checkpoint(path)
+    ckpt["state_dict"]["model.1.conv.weight"] = torch.zeros(16, 8, 3, 3)  # widths fine, weights of another model
+    with pytest.raises(CheckpointError, match=r"tensor model\.1\.conv\.weight has shape \(16, 8, 3, 3\)"):
+        build_from_checkpoint(ckpt, path)
+    ckpt["model_yaml"][WIDTHS_KEY]["model.99.conv"] = [8, 8, 1]
+    with pytest.raises(CheckpointError, match="no Conv2d named 'model.99.conv'"):
+        build_from_checkpoint(ckpt, path)
+
+
+def test_bad_options_are_one_line_errors():
+    model = DetectionModel("yolov5n.yaml", nc=2)
+    with pytest.raises(UsageError, match=r"--prune-channels 1\.5: expected a fraction"):
+        channel_prune(model, 1.5)
+    with pytest.raises(UsageError, match="--prune-method l3: expected one of l1, l2, bn-scale"):
+        channel_prune(model, 0.3, "l3")
+
+
+@pytest.mark.parametrize("method,global_pruning", [("l2", False), ("bn-scale", True)])
+def test_methods_and_global_ranking_prune_a_trainable_model(method, global_pruning):
+    model = DetectionModel("yolov5n.yaml", nc=3).train()
+    for m in model.modules():  # trained-looking BatchNorm scales (a fresh model's are all 1: no ranking)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.1, 1.0)
+    n0 = sum(p.numel() for p in model.parameters())
+    channel_prune(model, 0.4, method, global_pruning)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * n0
+    out = model(torch.zeros(1, 3, 64, 64))  # training forward: raw maps per level
+    assert [tuple(o.shape) for o in out] == [(1, 3, 8, 8, 8), (1, 3, 4, 4, 8), (1, 3, 2, 2, 8)]
+
+
+def test_ensemble_and_tta_take_a_pruned_member(pruned_pt, yolov5n_pt):
+    path, _ = pruned_pt
+    model = load_inference_model([str(path), str(yolov5n_pt)], torch.device("cpu"), augment=True, imgsz=320)
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 320, 256))
+    y = y[0] if isinstance(y, tuple) else y
+    assert y.shape[0] == 1 and y.shape[-1] == 85 and torch.isfinite(y).all()
+
+
+def test_exported_pt_and_onnx_agree_on_coco(yolov5n_pt, coco8, tmp_path, capsys):
+    """export.py --prune-channels writes a trainable pruned .pt and a smaller ONNX file; both score the same."""
+    files = export.run(weights=str(yolov5n_pt), include=["pt", "onnx"], prune_channels=0.3, imgsz=320,
+                       save_dir=tmp_path)  # fmt: skip
+    assert files["pt"].name == "yolov5n_ch30.pt"
+    ckpt = torch.load(files["pt"], map_location="cpu", weights_only=True)
+    assert any(k.endswith(".bn.running_var") for k in ckpt["state_dict"])  # BatchNorms kept: fine-tunable
+    assert files["onnx"].stat().st_size < 0.55 * 7.6e6  # dense yolov5n ONNX: 7.6 MB
+    images = sorted((coco8.parent / "images" / "train").glob("*.jpg"))[:2]
+    x = torch.stack([torch.from_numpy(cv2.resize(cv2.imread(str(f)), (320, 256))[:, :, ::-1].copy()) for f in images])
+    x = x.permute(0, 3, 1, 2).float() / 255
+    pt, onnx = (load_backend(str(files[k]), torch.device("cpu")) for k in ("pt", "onnx"))
+    with torch.no_grad():
+        y_pt, y_onnx = pt(x), onnx(x)
+    assert y_pt.shape == y_onnx.shape == (2, 3 * (32 * 40 + 16 * 20 + 8 * 10), 85)
+    assert (y_pt - y_onnx).abs().max() < 1e-3 * (1 + y_pt.abs().max())  # boxes in pixels, scores 0-1
+    maps = []
+    for w in (files["pt"], files["onnx"]):
+        result, _, _ = val.run(data=str(coco8), weights=[str(w)], imgsz=320, batch_size=4, workers=0,
+                               project=tmp_path, name="v", exist_ok=True, noplots=True)  # fmt: skip
+        maps.append(result.map)
+    assert abs(maps[0] - maps[1]) < 0.002  # (30% of channels gone without fine-tuning: mAP is near 0 here)
+
+
+def test_fine_tuning_keeps_the_pruned_widths(yolov5n_pt, coco8, tmp_path, capsys):
+    save_dir = train.run(data=str(coco8), weights=str(yolov5n_pt), epochs=1, prune_channels=0.3, project=tmp_path,
+                         name="ft", **TINY)  # fmt: skip
+    assert "Channel pruning (l1, per layer 0.3): 1872157 -> 949093 parameters" in capsys.readouterr().out
+    ckpt = torch.load(save_dir / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    widths = ckpt["model_yaml"][WIDTHS_KEY]
+    assert widths["model.2.cv1.conv"] == [8, 24, 1]
+    assert ckpt["state_dict"]["model.2.cv1.conv.weight"].shape == (8, 24, 1, 1)  # the EMA weights
+    again = train.run(data=str(coco8), weights=str(save_dir / "weights" / "last.pt"), epochs=1, project=tmp_path,
+                      name="ft2", **TINY)  # fmt: skip
+    assert "Transferred 349/349 items from last.pt" in capsys.readouterr().out
+    assert sum(p.numel() for p in load_model(again / "weights" / "best.pt").parameters()) == 945733  # fused
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("script", [val, detect])
+def test_flags_reach_the_loader(script, monkeypatch):
+    seen = {}
+
+    def loader(weights, device, opts):
+        seen["opts"] = opts
+        raise _Stop
+
+    monkeypatch.setattr(script, "load_inference_model", loader)
+    opt = script.parse_opt(["--weights", "a.pt", "--prune-channels", "0.3", "--prune-method", "l2", "--prune-global"])
+    with pytest.raises(_Stop):
+        script.run(**vars(opt))
+    o = seen["opts"]
+    assert (o.prune_channels, o.prune_method, o.prune_global, o.prune) == (0.3, "l2", True, 0.0)
+
+
+def test_benchmarks_prune_channels_runs_the_sweep(monkeypatch, tmp_path):
+    import benchmarks
+    import utils.prune_sweep
+
+    calls = {}
+    monkeypatch.setattr(utils.prune_sweep, "run_channel_sweep", lambda *a, **kw: calls.update(args=a, kw=kw) or [])
+    argv = ["--weights", "w.pt", "--prune-channels", "0.2", "0.4", "--epochs", "2", "--project", str(tmp_path)]
+    assert benchmarks.run(**vars(benchmarks.parse_opt(argv))) == []
+    weights, data, ratios = calls["args"][:3]
+    assert (weights, ratios, calls["kw"]["epochs"], calls["kw"]["unstructured"]) == (
+        "w.pt",
+        [0.2, 0.4],
+        2,
+        [0.1, 0.2, 0.3],
+    )
+    assert calls["kw"]["val_fn"].__module__ == "val" and calls["kw"]["finetune_imgsz"] == 320
