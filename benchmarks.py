@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import val as validate
-from utils.devices import select_device
+from utils.devices import cpu_has_native_bf16, select_device
 from utils.errors import UserError
 from utils.export.formats import (
     FORMATS,
@@ -194,14 +194,21 @@ def run(
     val_kw = dict(data=data, imgsz=imgsz, batch_size=batch_size, device=device, half=half, workers=workers)
     val_kw.update(noplots=True, project=save_dir / "val", exist_ok=True, ensemble_mode=ensemble_mode)
 
-    def validate_row(fmt: str, files: list[str], size: float) -> dict:
+    def validate_row(fmt: str, files: list[str], size: float, **over) -> dict:
         try:
-            result = validate.run(weights=files, name=fmt.replace(" ", "_"), **val_kw)[0]
+            result = validate.run(weights=files, name=fmt.replace(" ", "_"), **{**val_kw, **over})[0]
             return _row(fmt, size, result)
         except Exception as e:  # a format that cannot validate is a table row with its reason
             return _row(fmt, size, status=f"❌ val: {_reason(e)}")
 
-    rows = [validate_row("PyTorch", paths, sum(file_size_mb(Path(p)) for p in paths))]
+    pt_size = sum(file_size_mb(Path(p)) for p in paths)
+    if dev.type == "cpu" and cpu_has_native_bf16():  # both precisions, whatever --half says: the CPU's real choice
+        rows = [
+            validate_row("PyTorch", paths, pt_size, half=False),
+            validate_row("PyTorch bf16", paths, pt_size, half=True),
+        ]
+    else:
+        rows = [validate_row("PyTorch", paths, pt_size)]
     opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, half=half, dynamic=dynamic, source=str(paths[0]))
     model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
     if half and dev.type != "cuda" and any(f.flag in HALF_NEEDS_CUDA for f in rows_to_run):

@@ -104,7 +104,8 @@ def run(
         conf_thres, iou_thres, classes, agnostic_nms, max_det, view_img, save_txt, save_conf, save_crop, nosave,
         line_thickness, hide_labels, hide_conf,
     )  # fmt: skip
-    result = predict(model, dataset, is_stream, save_dir, opts, device)
+    with model.runtime_threads():
+        result = predict(model, dataset, is_stream, save_dir, opts, device)
     if result.seen:
         print_speed(result.speed_ms, result.shape)
     if model.member_times is not None and verbose:

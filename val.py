@@ -117,9 +117,9 @@ def run(
         save_conf=save_conf, save_json=save_json, coco_ids=is_coco,
     )  # fmt: skip
     names_eval = {0: "item"} if single_cls else model.names
-    import torch  # here, not at the top: utils (imported first) sets OMP_WAIT_POLICY before torch loads
+    import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), model.runtime_threads():
         result, jdict = evaluate(model, loader, names_eval, device, opts, save_dir)
     if model.member_times is not None and verbose:
         model.print_member_times(result.seen)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -165,11 +168,14 @@ def test_cpu_half_runs_every_pytorch_member_in_bf16_with_fp32_boxes(yolov5n_pt, 
     kw = dict(augment=True, imgsz=320)
     ref = load_inference_model([str(yolov5n_pt)] * 2, cpu, **kw)
     bf16 = load_inference_model([str(yolov5n_pt)] * 2, cpu, half=True, **kw)
-    assert not bf16.half_precision and [m.autocast_dtype for m in bf16.net.model] == [torch.bfloat16] * 2
+    assert (
+        not bf16.half_precision
+        and [m.autocast_dtype for m in bf16.modules() if isinstance(m, PyTorchBackend)] == [torch.bfloat16] * 2
+    )
     im = letterbox(cv2.imread(str(next((coco128 / "images" / "train2017").glob("*.jpg")))), 320, auto=False)[0]
     x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))[None].float() / 255
     with torch.inference_mode():
-        y_ref, y_bf16 = ref(x)[0], bf16(x)[0]
+        y_ref, y_bf16 = (y[0] if isinstance(y, tuple) else y for y in (ref(x), bf16(x)))
     assert y_bf16.dtype == torch.float32
     d_ref, d_bf16 = (non_max_suppression(y, 0.25, 0.45)[0] for y in (y_ref, y_bf16))
     assert len(d_ref) and len(d_ref) == len(d_bf16)
@@ -198,3 +204,29 @@ def test_inference_options_from_flat_keywords():
     assert (opts.augment, opts.ensemble_mode, opts.prune, opts.imgsz, opts.half) == (True, "wbf", 0.3, 320, False)
     with pytest.raises(TypeError, match=r"\['tta_scale'\]"):
         InferenceOptions.from_kwargs(tta_scale=[1.0])  # a typo is named, never ignored
+
+
+def test_exported_only_models_run_torch_on_one_thread(onnx_files, yolov5n_pt):
+    """ONNX Runtime / OpenVINO get the cores; torch's pre/post-processing uses one thread meanwhile, then it is back."""
+    cpu, n = torch.device("cpu"), torch.get_num_threads()
+    exported = load_inference_model([str(onnx_files["dynamic"]), str(onnx_files["openvino"])], cpu, imgsz=64)
+    mixed = load_inference_model([str(onnx_files["dynamic"]), str(yolov5n_pt)], cpu, imgsz=64)
+    with exported.runtime_threads():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == n
+    with mixed.runtime_threads():
+        assert torch.get_num_threads() == n
+
+
+def test_importing_the_toolkit_sets_no_thread_policy():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import os, utils, val; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "None", out.stderr

@@ -9,8 +9,11 @@ import pytest
 import torch
 
 import benchmarks
+from utils.devices import cpu_has_native_bf16
 from utils.errors import UsageError
 from utils.inference.backends import load_backend
+
+PT_ROWS = ["PyTorch", "PyTorch bf16"] if cpu_has_native_bf16() else ["PyTorch"]  # fp32 and bf16 rows on AMX CPUs
 
 
 @pytest.fixture()
@@ -37,8 +40,8 @@ def test_table_csv_and_prune_sweep_at_img64(yolov5n_pt, coco4, tmp_path, capsys)
         hard_fail=0.0,  # skipped formats are not failures
     )
     by_format = {r["Format"]: r for r in rows}
-    assert list(by_format) == ["PyTorch", "TorchScript", "ONNX", "TFLite", "PyTorch pruned 0.3"]
-    for name in ("PyTorch", "TorchScript", "ONNX", "PyTorch pruned 0.3"):
+    assert list(by_format) == [*PT_ROWS, "TorchScript", "ONNX", "TFLite", "PyTorch pruned 0.3"]
+    for name in (*PT_ROWS, "TorchScript", "ONNX", "PyTorch pruned 0.3"):
         assert by_format[name]["Status"] == "✅" and by_format[name]["Inference time (ms/im)"] > 0, name
     if by_format["TFLite"]["Status"] != "✅":
         assert by_format["TFLite"]["Status"].startswith("skipped: needs litert-torch")
@@ -46,6 +49,8 @@ def test_table_csv_and_prune_sweep_at_img64(yolov5n_pt, coco4, tmp_path, capsys)
     assert by_format["TorchScript"]["mAP50-95"] == by_format["PyTorch"]["mAP50-95"] > 0.05
     assert by_format["ONNX"]["mAP50-95"] > 0.05  # fixed 64x64: square letterbox, slightly different figures
     assert by_format["PyTorch"]["Size (MB)"] == round(yolov5n_pt.stat().st_size / 1e6, 2)
+    if "PyTorch bf16" in by_format:  # same weights, bf16 compute: close to fp32's figure
+        assert by_format["PyTorch bf16"]["mAP50-95"] == pytest.approx(by_format["PyTorch"]["mAP50-95"], abs=0.03)
     assert 7.0 < by_format["ONNX"]["Size (MB)"] < 8.5  # 1.87 M fp32 parameters
     assert by_format["PyTorch pruned 0.3"]["Size (MB)"] < 0.8 * by_format["PyTorch"]["Size (MB)"]
     out = capsys.readouterr().out
@@ -53,7 +58,7 @@ def test_table_csv_and_prune_sweep_at_img64(yolov5n_pt, coco4, tmp_path, capsys)
     csv_file = tmp_path / "runs" / "exp" / "benchmarks.csv"
     with open(csv_file, newline="", encoding="utf-8") as fh:
         saved = list(csv.DictReader(fh))
-    assert [r["Format"] for r in saved] == list(by_format) and saved[2]["Size (MB)"] == str(
+    assert [r["Format"] for r in saved] == list(by_format) and saved[len(PT_ROWS) + 1]["Size (MB)"] == str(
         by_format["ONNX"]["Size (MB)"]
     )
 
@@ -92,7 +97,7 @@ def test_ensemble_of_two_weights(yolov5n_pt, coco4, tmp_path):
         hard_fail=0.0,
     )
     file = tmp_path / "exp" / "yolov5n_ensemble.onnx"
-    assert [r["Status"] for r in rows] == ["✅", "✅"] and file.is_file()
+    assert [r["Status"] for r in rows] == ["✅"] * (len(PT_ROWS) + 1) and file.is_file()
     with torch.no_grad():  # both members' candidates: 2 x 3 anchors x (8x8 + 4x4 + 2x2) cells at 64x64
         assert load_backend(file, torch.device("cpu"))(torch.zeros(4, 3, 64, 64)).shape == (4, 504, 85)
 
@@ -159,7 +164,8 @@ def test_rows_without_a_runtime_are_not_failures_and_cpu_half_exports_fp32(monke
     status = {r["Format"]: r["Status"] for r in rows}
     assert status["FakeRT"] == "⚠️ exported, not validated (no FakeRT backend)" and status["TorchScript"] == "✅"
     assert [r["Size (MB)"] for r in rows if r["Format"] == "FakeRT"] == [0.0]  # 1000 bytes, rounded to 2 places
-    assert validated == ["w.pt", "w.torchscript", "w_openvino_model"]  # the FakeRT file was never run
+    # the FakeRT file was never run; on a bf16 CPU the .pt is validated in fp32 and bf16
+    assert validated == ["w.pt"] * len(PT_ROWS) + ["w.torchscript", "w_openvino_model"]
     assert exported == [("torchscript", False), ("fakert", True), ("openvino", True)]
     assert "--half: fp16 torchscript/onnx/engine exports need CUDA; exporting them in fp32 on cpu" in (
         capsys.readouterr().out

@@ -209,6 +209,15 @@ def _layouts(yolov5n_pt: Path, make) -> dict[str, tuple[dict, DetectionModel]]:
         ref,
     )
 
+    ref = copy.deepcopy(v6)  # LeakyReLU in every Conv, but no activation key in the YAML: upstream's process-wide
+    for mod in ref.modules():  # Conv.default_act set by an earlier model; only the pickled modules say so
+        if isinstance(mod, Conv) and isinstance(mod.act, torch.nn.SiLU):
+            mod.act = torch.nn.LeakyReLU(0.1)
+    ref = _boost(ref)
+    m = _as(ref, Model)  # fp32: the boosted biases are not fp16 values
+    m.names = coco_names
+    out["leaky-acts-without-yaml-key"] = {"epoch": -1, "model": m}, ref
+
     ref = _two_level(v6)
     out["2-level-head"] = {"epoch": -1, "model": _as(ref, Upstream).half()}, ref
 
@@ -277,7 +286,12 @@ def test_every_layout_loads_and_detects_like_the_plain_model(yolov5n_pt, coco8, 
     assert got == want and got
     ck = read_checkpoint(seen["v6-last-mid-training"])
     assert ck["best_fitness"] == pytest.approx(0.3512) and ck["epoch"] == 41
-    assert len(seen) == 8
+    assert len(seen) == 9
+    m = load_model(seen["leaky-acts-without-yaml-key"], fuse=False)
+    again = load_model(save_checkpoint(m, tmp_path / "resaved.pt"), fuse=False)  # our format keeps the activations
+    assert isinstance(again.model[0].act, torch.nn.LeakyReLU) and again.model[0].act.negative_slope == 0.1
+    with torch.no_grad():
+        assert torch.equal(m(x)[0], again(x)[0])
 
 
 def _refuse(argv: list[str], capsys) -> str:

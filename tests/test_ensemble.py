@@ -57,3 +57,21 @@ def test_mean_mode_refuses_different_layouts(yolov5n_pt):
     ens.mode = "nms"
     with torch.no_grad():
         assert ens(torch.zeros(1, 3, 128, 128)).shape[1] == 3 * (256 + 64 + 16) + 3 * (256 + 64 + 16 + 4)
+
+
+def test_duplicated_member_changes_nothing_under_tta(yolov5n_pt):
+    """TTA runs inside each member: the tails it drops are the member's own, so 2x the same model = 1x under TTA."""
+    from utils.inference.loader import load_inference_model
+    from utils.nms import non_max_suppression
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 160, 224)
+    dets = []
+    for weights in ([str(yolov5n_pt)], [str(yolov5n_pt), str(yolov5n_pt)]):
+        model = load_inference_model(weights, torch.device("cpu"), augment=True, imgsz=224)
+        with torch.no_grad():
+            y = model(x)
+        dets.append(non_max_suppression(y[0] if isinstance(y, tuple) else y, 0.01, 0.6))
+    assert sum(len(d) for d in dets[0]) > 0
+    for one, two in zip(*dets):
+        assert torch.equal(one, two)

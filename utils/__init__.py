@@ -1,12 +1,13 @@
-"""The toolkit's shared code. Importing it first (every entry script does) sets one process-wide default:
+"""The toolkit's shared code. Importing it changes nothing in the process.
 
-``OMP_WAIT_POLICY=PASSIVE`` before torch loads OpenMP, so idle OpenMP threads sleep instead of spinning. On a
-CPU shared with dataloader workers or with another runtime in the same process (ONNX Runtime, OpenVINO), a
-spinning thread burns its time slice at every barrier: measured on 2 cores, training steps ran ~9x slower, and
-OpenVINO / ONNX Runtime inference after a torch op 46 -> 39 ms and 36 -> 28 ms per image at 640 once it sleeps.
-An explicit setting in the environment wins.
+Thread policy, per runtime, set where that runtime is used (each measured on this project's 2-core AMX CPU):
+
+* PyTorch inference keeps libgomp's default (idle OpenMP threads spin briefly before sleeping). A process-wide
+  ``OMP_WAIT_POLICY=PASSIVE`` made ``detect.py`` with a ``.pt`` 77 ms per image instead of 49 ms.
+* ONNX Runtime and OpenVINO run their own thread pools; while only exported models run, torch's pre- and
+  post-processing uses one thread (``InferenceModel.runtime_threads``) so no torch worker spins on their cores.
+* ``train.py`` (its ``main``, before torch loads) asks for ``OMP_WAIT_POLICY=PASSIVE``: dataloader worker processes
+  share the cores with the training step, and spinning OpenMP threads starve them.
+
+An explicit ``OMP_WAIT_POLICY`` in the environment always wins.
 """
-
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -21,6 +21,7 @@ import pickle
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,17 +170,33 @@ def _restricted_pickle_module(source: str):
     return Module
 
 
-def _inert_bn_eps(obj: Any, prefix: str = "") -> dict[str, float]:
-    """``{module name: eps}`` of every BatchNorm stand-in (eps lives in module attributes, not tensors)."""
-    out: dict[str, float] = {}
+def _inert_modules(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted name, stand-in)`` of every sub-module of a restored nn.Module stand-in, depth first."""
     for k, child in (obj.__dict__.get("_modules") or {}).items():
-        if child is None:
-            continue
-        name = f"{prefix}{k}"
-        if type(child).__name__.startswith("BatchNorm") and isinstance(child.__dict__.get("eps"), float):
-            out[name] = child.__dict__["eps"]
-        out.update(_inert_bn_eps(child, name + "."))
-    return out
+        if child is not None:
+            yield f"{prefix}{k}", child
+            yield from _inert_modules(child, f"{prefix}{k}.")
+
+
+def _inert_bn_eps(obj: Any) -> dict[str, float]:
+    """``{module name: eps}`` of every BatchNorm stand-in (eps lives in module attributes, not tensors)."""
+    return {
+        name: m.__dict__["eps"]
+        for name, m in _inert_modules(obj)
+        if type(m).__name__.startswith("BatchNorm") and isinstance(m.__dict__.get("eps"), float)
+    }
+
+
+def _inert_activations(obj: Any) -> dict[str, list]:
+    """``{module name: [class name, negative_slope or None]}`` of every activation stand-in: the activation a model
+    was trained with is a module attribute (SiLU, or LeakyReLU(0.1) from an ``activation:`` key...), not a tensor."""
+    from models.yolo import ACTIVATIONS
+
+    return {
+        name: [type(m).__name__, m.__dict__.get("negative_slope")]
+        for name, m in _inert_modules(obj)
+        if type(m).__name__ in ACTIVATIONS
+    }
 
 
 def _inert_state_dict(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -350,6 +367,7 @@ def _from_official(ckpt: Any, path: Path) -> dict:
         "stride": [float(s) for s in stride] if stride is not None else None,
         "state_dict": state,
         "bn_eps": _inert_bn_eps(model),
+        "activations": _inert_activations(model),
         "source": "official-yolov5",
         **meta,
     }
@@ -392,10 +410,27 @@ def build_from_checkpoint(ckpt: dict, path: str | Path = "<checkpoint>") -> nn.M
     for name, eps in (ckpt.get("bn_eps") or {}).items():
         if isinstance(modules.get(name), nn.BatchNorm2d):
             modules[name].eps = float(eps)
+    _use_pickled_activations(model, modules, ckpt.get("activations") or {})
     model.names = normalize_names(ckpt.get("names"), ckpt["model_yaml"].get("nc"))
     if ckpt.get("stride") is not None:
         model.stride = model.detect.stride = torch.tensor(ckpt["stride"], dtype=torch.float32)
     return model
+
+
+def _use_pickled_activations(model: nn.Module, modules: dict[str, nn.Module], activations: dict[str, list]) -> None:
+    """Where an official checkpoint's pickled activation differs from the one its YAML builds (a YAML without the
+    ``activation:`` key run under upstream's process-wide default), use the pickled one."""
+    from models.yolo import ACTIVATIONS
+
+    for name, (cls_name, slope) in activations.items():
+        ours = modules.get(name)
+        if ours is None or type(ours).__name__ not in ACTIVATIONS or cls_name not in ACTIVATIONS:
+            continue
+        if type(ours).__name__ == cls_name and getattr(ours, "negative_slope", None) == slope:
+            continue
+        new = getattr(nn, cls_name)(slope) if slope is not None else getattr(nn, cls_name)()
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", fuse: bool = True) -> nn.Module:
@@ -428,6 +463,19 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def model_activations(model: nn.Module) -> dict[str, list]:
+    """``{module name: [class name, negative_slope or None]}`` of every activation module (kept in checkpoints, so an
+    activation taken from an official file's pickle survives re-saving in our format)."""
+    from models.yolo import ACTIVATIONS
+    from utils.train.dist import unwrap
+
+    return {
+        name: [type(m).__name__, getattr(m, "negative_slope", None)]
+        for name, m in unwrap(model).named_modules()
+        if type(m).__name__ in ACTIVATIONS
+    }
+
+
 def checkpoint_dict(model: nn.Module, **meta: Any) -> dict:
     """Our format for ``model``: fp32 state dict plus metadata. ``meta`` adds epoch, optimizer state, ema..."""
     state = plain_state_dict(model)
@@ -437,6 +485,7 @@ def checkpoint_dict(model: nn.Module, **meta: Any) -> dict:
         "names": normalize_names(getattr(model, "names", None), model.yaml.get("nc")),
         "stride": [float(s) for s in model.stride],
         "state_dict": state,
+        "activations": model_activations(model),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         **meta,
     }

@@ -6,7 +6,9 @@ mixed freely inside an ensemble. PyTorch members can be pruned and run in fp16; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -71,6 +73,7 @@ class InferenceModel(nn.Module):
     """
 
     max_chunk = 8
+    exported_only = False  # no PyTorch member: see runtime_threads
 
     def __init__(
         self,
@@ -91,6 +94,22 @@ class InferenceModel(nn.Module):
         self.fixed_imgsz = fixed_imgsz
         self.supports_rect = fixed_imgsz is None
         self._ensemble = member_times_of
+
+    @contextlib.contextmanager
+    def runtime_threads(self) -> Iterator[None]:
+        """Threads for the run: when every member is an exported CPU runtime (ONNX Runtime, OpenVINO), torch does
+        only the pre- and post-processing and does it on one thread, so no OpenMP worker of torch spins on the
+        cores the runtime's own pool needs (it did after every torch op: 28 -> 36 ms per ONNX image at 640).
+        PyTorch members keep torch's threads and libgomp's default spinning (PASSIVE made them 1.6x slower)."""
+        if not self.exported_only:
+            yield
+            return
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
 
     @property
     def member_times(self) -> list[float] | None:
@@ -222,9 +241,26 @@ def load_inference_model(
         if isinstance(m, PyTorchBackend):
             m.autocast_dtype = cpu_dtype
     if opts.augment:
-        from utils.inference.tta import TTA
-
-        levels = {m.nl for m in members}
-        net = TTA(net, opts.tta_scales, opts.tta_flips, stride, nl=levels.pop() if len(levels) == 1 else None)
+        net = _with_tta(net, opts, stride)
     names = members[0].names
-    return InferenceModel(net, names, max(stride, 32), paths, half, ensemble, fixed)
+    model = InferenceModel(net, names, max(stride, 32), paths, half, ensemble, fixed)
+    model.exported_only = not torch_models and device.type == "cpu"
+    return model
+
+
+def _with_tta(net: nn.Module, opts: InferenceOptions, stride: int) -> nn.Module:
+    """Wrap ``net`` in TTA; an Ensemble gets one TTA per member, inside the merge.
+
+    TTA drops the coarsest-level tail of its first pass and the finest-level tail of its last pass, which only
+    makes sense on one model's output layout: around an ``nms`` Ensemble (members' candidates concatenated) it
+    would cut into the wrong member's rows. Each member runs its own TTA, at the ensemble's stride so that every
+    member sees the same padded shapes (``mean``/``max`` need identical layouts), and the ensemble merges the
+    augmented outputs, as YOLOv5 does.
+    """
+    from utils.inference.tta import TTA
+
+    if not isinstance(net, Ensemble):
+        return TTA(net, opts.tta_scales, opts.tta_flips, stride, nl=net.nl)
+    for i, m in enumerate(net):
+        net[i] = TTA(m, opts.tta_scales, opts.tta_flips, stride, nl=m.nl)
+    return net
