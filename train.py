@@ -15,7 +15,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -135,9 +134,6 @@ def run(**kwargs) -> Path:
 
 
 def main(opt: argparse.Namespace, callbacks: dict | None = None) -> Path:
-    # before torch loads OpenMP (no effect when it already has, e.g. under pytest): dataloader workers share the
-    # cores with the training step, and spinning OpenMP threads starve them (see utils/__init__.py)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from utils.devices import select_device
     from utils.files import increment_path
     from utils.log import quiet

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -216,17 +213,3 @@ def test_exported_only_models_run_torch_on_one_thread(onnx_files, yolov5n_pt):
     assert torch.get_num_threads() == n
     with mixed.runtime_threads():
         assert torch.get_num_threads() == n
-
-
-def test_importing_the_toolkit_sets_no_thread_policy():
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import os, utils, val; print(os.environ.get('OMP_WAIT_POLICY'))"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=Path(__file__).resolve().parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.stdout.strip() == "None", out.stderr

@@ -1,13 +1,14 @@
-"""The toolkit's shared code. Importing it changes nothing in the process.
+"""The toolkit's shared code. Importing it first (every entry script does) sets one default before torch loads:
 
-Thread policy, per runtime, set where that runtime is used (each measured on this project's 2-core AMX CPU):
-
-* PyTorch inference keeps libgomp's default (idle OpenMP threads spin briefly before sleeping). A process-wide
-  ``OMP_WAIT_POLICY=PASSIVE`` made ``detect.py`` with a ``.pt`` 77 ms per image instead of 49 ms.
-* ONNX Runtime and OpenVINO run their own thread pools; while only exported models run, torch's pre- and
-  post-processing uses one thread (``InferenceModel.runtime_threads``) so no torch worker spins on their cores.
-* ``train.py`` (its ``main``, before torch loads) asks for ``OMP_WAIT_POLICY=PASSIVE``: dataloader worker processes
-  share the cores with the training step, and spinning OpenMP threads starve them.
-
-An explicit ``OMP_WAIT_POLICY`` in the environment always wins.
+``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads of torch sleep instead of spinning. On the project's shared 2-core
+machine spinning threads starve everything else on the cores: dataloader worker processes (training steps ran ~9x
+slower) and other processes. Measured under load (load average 8-13 on 2 cores): val.py coco128 640 reported
+1128 ms/image with libgomp's default spinning against 247-390 ms with PASSIVE. On an idle machine spinning is faster
+for PyTorch alone (detect.py 49 vs 77 ms/image, issue 13's measurement), so an explicit ``OMP_WAIT_POLICY=ACTIVE``
+(or any value) in the environment wins. ONNX Runtime and OpenVINO run their own pools; while only exported models
+run, torch's pre- and post-processing uses one thread (``InferenceModel.runtime_threads``).
 """
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -57,7 +57,9 @@ def image_size_options(default: int = 640) -> argparse.ArgumentParser:
 def device_options() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    p.add_argument(
+        "--half", action="store_true", help="half precision: fp16 on CUDA, bf16 on a CPU with AMX/AVX512-BF16"
+    )
     return p
 
 

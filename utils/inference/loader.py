@@ -99,8 +99,8 @@ class InferenceModel(nn.Module):
     def runtime_threads(self) -> Iterator[None]:
         """Threads for the run: when every member is an exported CPU runtime (ONNX Runtime, OpenVINO), torch does
         only the pre- and post-processing and does it on one thread, so no OpenMP worker of torch spins on the
-        cores the runtime's own pool needs (it did after every torch op: 28 -> 36 ms per ONNX image at 640).
-        PyTorch members keep torch's threads and libgomp's default spinning (PASSIVE made them 1.6x slower)."""
+        cores the runtime's own pool needs (it did after every torch op: 28 -> 36 ms per ONNX image at 640,
+        unless OMP_WAIT_POLICY=PASSIVE). PyTorch members keep torch's threads."""
         if not self.exported_only:
             yield
             return
