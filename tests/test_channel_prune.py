@@ -172,3 +172,22 @@ def test_benchmarks_prune_channels_runs_the_sweep(monkeypatch, tmp_path):
         [0.1, 0.2, 0.3],
     )
     assert calls["kw"]["val_fn"].__module__ == "val" and calls["kw"]["finetune_imgsz"] == 320
+
+
+def test_resume_keeps_the_pruned_widths_and_does_not_prune_again(coco8, tmp_path, capsys):
+    def interrupt(epoch, batch):
+        if epoch == 1 and batch == 0:
+            raise KeyboardInterrupt
+
+    kw = dict(data=str(coco8), weights="", cfg="yolov5n.yaml", epochs=2, prune_channels=0.5, project=tmp_path,
+              name="r", **TINY)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train.run(**kw, callbacks={"on_train_batch_end": [interrupt]})
+    last = tmp_path / "r" / "weights" / "last.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    assert ck["train_state_dict"]["model.8.cv3.conv.weight"].shape[0] == 128  # 256 * 0.5
+    capsys.readouterr()
+    train.run(resume=str(last))
+    out = capsys.readouterr().out
+    assert "Resuming training from" in out and "Channel pruning" not in out  # rebuilt at its widths, not re-pruned
+    assert load_model(last).model[8].cv3.conv.out_channels == 128
