@@ -210,19 +210,32 @@ def run(
     else:
         rows = [validate_row("PyTorch", paths, pt_size)]
     opts = ExportOptions(imgsz=(imgsz, imgsz), batch_size=batch_size, half=half, dynamic=dynamic, source=str(paths[0]))
-    model, stem = None, Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
+    stem = Path(paths[0]).stem + ("_ensemble" if len(paths) > 1 else "")
     if half and dev.type != "cuda" and any(f.flag in HALF_NEEDS_CUDA for f in rows_to_run):
         _warn_fp32_exports(dev)
-    for fmt in rows_to_run:
+    rows += _export_rows(rows_to_run, paths, dev, opts, ensemble_mode, save_dir / stem, validate_row)
+    rows += [_pruned_row(paths, sparsity, prune_exclude, save_dir, dev, validate_row) for sparsity in prune]
+
+    print_table(rows)
+    LOGGER.info(f"\nResults saved to {_save_csv(rows, save_dir / 'benchmarks.csv')}")
+    if hard_fail is not None:
+        _hard_fail(rows, hard_fail)
+    return rows
+
+
+def _export_rows(formats, paths: list[str], dev, opts: ExportOptions, ensemble_mode: str, stem: Path, validate_row):
+    """Export the weights (loaded once, on the first format that needs them) to each format and validate the file."""
+    rows, model = [], None
+    for fmt in formats:
         reason = missing_requirement(fmt, dev)
         if reason:
             rows.append(_row(fmt.name, None, status=f"skipped: {reason}"))
             continue
-        fp16 = half and (dev.type == "cuda" or fmt.flag not in HALF_NEEDS_CUDA)
+        fp16 = opts.half and (dev.type == "cuda" or fmt.flag not in HALF_NEEDS_CUDA)
         try:
             if model is None:
                 model = load_export_model(paths, dev, ensemble_mode=ensemble_mode)
-            file = export_formats(model, [fmt.flag], save_dir / stem, replace(opts, half=fp16), dev)[fmt.flag]
+            file = export_formats(model, [fmt.flag], stem, replace(opts, half=fp16), dev)[fmt.flag]
         except Exception as e:
             rows.append(_row(fmt.name, None, status=f"❌ export: {_reason(e)}"))
             continue
@@ -230,12 +243,6 @@ def run(
             rows.append(_row(fmt.name, file_size_mb(file), status=f"⚠️ exported, not validated (no {fmt.name} backend)"))
             continue
         rows.append(validate_row(fmt.name, [str(file)], file_size_mb(file)))
-    rows += [_pruned_row(paths, sparsity, prune_exclude, save_dir, dev, validate_row) for sparsity in prune]
-
-    print_table(rows)
-    LOGGER.info(f"\nResults saved to {_save_csv(rows, save_dir / 'benchmarks.csv')}")
-    if hard_fail is not None:
-        _hard_fail(rows, hard_fail)
     return rows
 
 
