@@ -11,6 +11,7 @@ import torch
 
 from utils.errors import UserError
 from utils.log import LOGGER
+from utils.train import dist
 
 
 class DeviceError(UserError):
@@ -49,7 +50,7 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0, ve
         bad = [i for i in ids if int(i) >= n]
         if bad:
             raise DeviceError(f"--device {device}: CUDA device {bad[0]} does not exist ({n} device(s) visible)")
-        world = int(os.environ.get("WORLD_SIZE", 1))  # one process trains on one GPU whatever --device lists
+        world = dist.world_size()  # one process trains on one GPU whatever --device lists
         if spec and len(ids) > 1 and world > 1 and batch_size > 0 and batch_size % world:
             raise DeviceError(f"--batch-size {batch_size} is not a multiple of the {world} processes (GPUs)")
         if local_rank >= len(ids):

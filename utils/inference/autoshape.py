@@ -146,8 +146,7 @@ class AutoShape(nn.Module):
         x_shape = None
         for hw, idx in groups.items():
             with dt[0]:
-                x = torch.from_numpy(np.stack([boxed[i].transpose(2, 0, 1) for i in idx])).to(self.device)
-                x = (x.half() if self.model.half_precision else x.float()) / 255
+                x = self.model.input_tensor(np.stack([boxed[i].transpose(2, 0, 1) for i in idx]), self.device)
                 x_shape = tuple(x.shape)
             with dt[1]:
                 y = self.model(x)

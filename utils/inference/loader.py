@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -94,6 +95,14 @@ class InferenceModel(nn.Module):
         self.fixed_imgsz = fixed_imgsz
         self.supports_rect = fixed_imgsz is None
         self._ensemble = member_times_of
+
+    def input_tensor(self, im: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+        """uint8 image(s) ``[3, H, W]`` or ``[B, 3, H, W]`` (RGB, letterboxed) -> the model's input on ``device``:
+        ``[B, 3, H, W]`` in 0-1, fp16 for CUDA ``--half`` else fp32 (CPU bf16 autocast casts at each convolution)."""
+        x = torch.as_tensor(im).to(device)
+        x = x.half() if self.half_precision else x.float()
+        x /= 255  # in place: the float copy is the only one
+        return x[None] if x.ndim == 3 else x
 
     @contextlib.contextmanager
     def runtime_threads(self) -> Iterator[None]:

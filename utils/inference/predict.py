@@ -101,10 +101,7 @@ def predict(
     seen, shape = 0, None
     for path, im, im0s, cap, s in dataset:
         with dt[0]:
-            x = torch.from_numpy(im).to(device)
-            x = (x.half() if model.half_precision else x.float()) / 255
-            if x.ndim == 3:
-                x = x[None]
+            x = model.input_tensor(im, device)
             shape = tuple(x.shape)
         with dt[1], torch.inference_mode():
             pred = model(x)
