@@ -46,6 +46,30 @@ def test_every_image_is_processed_even_with_many_candidates():
     assert len(out) == 4 and all(o.shape[0] == 300 for o in out)
 
 
+@pytest.mark.parametrize("agnostic", [False, True])
+@pytest.mark.parametrize("spread, size", [(600.0, 60.0), (40.0, 4.0)])  # scattered / a pile (the prefix must grow)
+def test_prefix_nms_keeps_what_full_nms_keeps(agnostic, spread, size):
+    """NMS runs on the most confident prefix first and widens it only while it keeps fewer than max_det: the
+    detections must be those of one torchvision NMS over all candidates."""
+    from torchvision.ops import batched_nms
+
+    gen = torch.Generator().manual_seed(1)
+    n = 6000
+    xy = torch.rand(1, n, 2, generator=gen) * spread
+    wh = torch.rand(1, n, 2, generator=gen) * size + (5 if size > 10 else 40)
+    p = torch.cat((xy, wh, torch.rand(1, n, 1, generator=gen), torch.rand(1, n, 3, generator=gen)), 2)
+    out = non_max_suppression(p, 0.001, 0.5, multi_label=True, agnostic=agnostic)[0]
+    x = p[0]
+    scores = x[:, 5:] * x[:, 4:5]
+    i, j = (scores > 0.001).nonzero().T
+    box = torch.cat((x[:, :2] - x[:, 2:4] / 2, x[:, :2] + x[:, 2:4] / 2), 1)[i]
+    conf, cls = scores[i, j], j.float()
+    keep = batched_nms(box, conf, torch.zeros_like(cls) if agnostic else cls, 0.5)[:300]
+    assert out.shape[0] == keep.numel()
+    assert out[:, 4].tolist() == conf[keep].tolist()
+    assert torch.equal(out[:, :4], box[keep]) and torch.equal(out[:, 5], cls[keep])
+
+
 def test_bad_thresholds_are_clear_errors():
     with pytest.raises(ValueError, match="--conf-thres"):
         non_max_suppression(torch.zeros(1, 1, 7), 1.5, 0.45)
