@@ -120,3 +120,26 @@ def speed_line(speed_ms: tuple[float, ...], shape: tuple[int, ...] | None) -> st
 def print_speed(speed_ms: tuple[float, ...], shape: tuple[int, ...] | None) -> None:
     """Log the ``Speed:`` line (``speed_line``)."""
     LOGGER.info(speed_line(speed_ms, shape))
+
+
+@functools.cache
+def _libc_malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    CPU tensors are plain ``malloc`` blocks; once a batch's activations are freed glibc keeps the pages for reuse,
+    and batches of other shapes then fragment the heap so that it keeps growing: ``val.py`` on coco128 at 640 went
+    1.45 -> 1.77 -> 2.08 GB over its 4 rectangular batches. Trimming after each batch keeps it at the size of one.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from utils.boxes import scale_boxes_to_original, xywh2xyxy, xyxy2xywh
 from utils.data.labels import write_yolo_labels
-from utils.devices import Profile, print_speed
+from utils.devices import Profile, print_speed, release_free_memory
 from utils.log import LOGGER
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
@@ -187,26 +187,34 @@ def evaluate(
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
     quiet = not LOGGER.isEnabledFor(logging.INFO)  # a silenced package logger hides the progress bar too
     bar = tqdm(dataloader, desc=f"{prefix}{HEADER}", bar_format="{l_bar}{bar:10}{r_bar}", disable=quiet)
+    # val.py: model + NMS on chunks of the uint8 batch, so neither the float copy of 32 images (173 MB at 672 px)
+    # nor their decoded candidates (302 MB) exist at once; with a loss (training) the raw outputs of the whole batch
+    # are needed, and its small batches run in one call
+    chunk = getattr(model, "max_chunk", None) if compute_loss is None else None
     for batch_i, (im, targets, paths, shapes) in enumerate(bar):
-        with dt[0]:
-            im = im.to(device, non_blocking=True)
-            im = im.half() if opts.half else im.float()
-            im /= 255  # in place: a 32x3x640x640 fp32 batch is 157 MB
-            targets = targets.to(device)
+        targets = targets.to(device)
         nb, _, height, width = im.shape
-        with dt[1]:
-            out = model(im)
-            preds, train_out = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
-        if compute_loss is not None and train_out is not None:
-            loss += compute_loss([x.float() for x in train_out], targets)[1]
         tgt_px = targets.clone()
         tgt_px[:, 2:] *= torch.tensor((width, height, width, height), device=device)
         hybrid = [tgt_px[tgt_px[:, 0] == i, 1:] for i in range(nb)] if opts.save_hybrid else None
-        with dt[2]:
-            preds = non_max_suppression(
-                preds, opts.conf_thres, opts.iou_thres, multi_label=True, agnostic=opts.single_cls,
-                max_det=opts.max_det, extra_labels=hybrid,
-            )  # fmt: skip
+        preds = []
+        for first in range(0, nb, chunk or nb):
+            with dt[0]:
+                x = im[first : first + (chunk or nb)].to(device, non_blocking=True)
+                x = x.half() if opts.half else x.float()
+                x /= 255  # in place: the float copy is the only one
+            with dt[1]:
+                out = model(x)
+                raw, train_out = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+            if compute_loss is not None and train_out is not None:
+                loss += compute_loss([t.float() for t in train_out], targets)[1]
+            with dt[2]:
+                preds += non_max_suppression(
+                    raw, opts.conf_thres, opts.iou_thres, multi_label=True, agnostic=opts.single_cls,
+                    max_det=opts.max_det, extra_labels=hybrid[first : first + len(x)] if hybrid else None,
+                )  # fmt: skip
+            del x, out, raw, train_out
+        release_free_memory()
         for si, pred in enumerate(preds):
             seen += 1
             labels = tgt_px[tgt_px[:, 0] == si, 1:]
