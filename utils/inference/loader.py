@@ -108,8 +108,10 @@ class InferenceModel(nn.Module):
     def runtime_threads(self) -> Iterator[None]:
         """Threads for the run: when every member is an exported CPU runtime (ONNX Runtime, OpenVINO), torch does
         only the pre- and post-processing and does it on one thread, so no OpenMP worker of torch spins on the
-        cores the runtime's own pool needs (it did after every torch op: 28 -> 36 ms per ONNX image at 640,
-        unless OMP_WAIT_POLICY=PASSIVE). PyTorch members keep torch's threads."""
+        cores the runtime's own pool needs (it did after every torch op: 28 -> 36 ms per ONNX image at 640).
+        PyTorch members keep torch's threads and libgomp's default wait policy (spin briefly, then sleep): a
+        process-wide ``OMP_WAIT_POLICY=PASSIVE`` made every op wake sleeping threads (detect.py 48 -> 104 ms per
+        image at 640)."""
         if not self.exported_only:
             yield
             return
