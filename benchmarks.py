@@ -92,7 +92,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="channel-pruning sweep (utils/prune_sweep.py) over these ratios instead; --epochs: fine-tune length",
     )
-    p.add_argument("--prune-method", choices=CHANNEL_PRUNE_METHODS, default="l1", help="--prune-channels importance")
+    p.add_argument(
+        "--prune-method", choices=CHANNEL_PRUNE_METHODS, default="activation", help="--prune-channels importance"
+    )
     p.add_argument("--finetune-imgsz", type=int, default=320, help="--prune-channels: fine-tune image size")
     p.add_argument("--study", action="store_true", help="accuracy-vs-cost study (utils/study.py) instead")
     p.add_argument("--cfgs", nargs="+", default=[], help="--study: model YAMLs to train and measure")
@@ -149,7 +151,7 @@ def run(
     prune_exclude: list[str] | None = None,
     ensemble_mode: str = "nms",
     prune_channels: list[float] | tuple[float, ...] = (),
-    prune_method: str = "l1",
+    prune_method: str = "activation",
     finetune_imgsz: int = 320,
     project: str | Path = "runs/benchmarks",
     name: str = "exp",

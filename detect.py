@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from utils.data.sources import classify_source
 from utils.devices import print_speed, select_device
 from utils.files import increment_path, print_labels_saved
 from utils.inference.loader import InferenceOptions, load_inference_model
@@ -95,6 +96,8 @@ def run(
     prune_exclude, prune_channels, prune_method, prune_global``), as the flags of the same names.
     """
     device = select_device(device)
+    if classify_source(source) == "files":  # --prune-channels: compensate on the images to detect in
+        inference.setdefault("prune_calibration", str(source))
     inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)
     model = load_inference_model(weights, device, inference)
     imgsz = check_img_size(imgsz, model.max_stride)

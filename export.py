@@ -73,7 +73,7 @@ def run(
     prune: float = 0.0,
     prune_exclude: list[str] | None = None,
     prune_channels: float = 0.0,
-    prune_method: str = "l1",
+    prune_method: str = "activation",
     prune_global: bool = False,
     ensemble_mode: str = "nms",
     augment: bool = False,

@@ -98,10 +98,11 @@ def run(
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size}: must be at least 1")
     device = select_device(device, batch_size)
-    inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)
-    model = load_inference_model(weights, device, inference)
     split = "val" if task == "speed" else task
     data = load_data_config(data, require=(split,))
+    inference.setdefault("prune_calibration", data[split])  # --prune-channels: compensate on the split's images
+    inference = InferenceOptions.from_kwargs(half=half, augment=augment, verbose=verbose, imgsz=imgsz, **inference)
+    model = load_inference_model(weights, device, inference)
     _check_classes(model.names, data, single_cls)
     imgsz = check_img_size(imgsz, model.max_stride)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok, mkdir=True)

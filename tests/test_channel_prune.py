@@ -14,7 +14,14 @@ from models.yolo import DetectionModel
 from utils.checkpoints import CheckpointError, build_from_checkpoint, load_model, read_checkpoint, save_checkpoint
 from utils.errors import UsageError
 from utils.inference.backends import load_backend
-from utils.inference.channel_prune import WIDTHS_KEY, channel_prune
+from utils.inference.channel_prune import (
+    WIDTHS_KEY,
+    _bn_scaled_convs,
+    _compensate,
+    _input_stats,
+    calibration_batch,
+    channel_prune,
+)
 from utils.inference.loader import load_inference_model
 
 TINY = dict(imgsz=64, batch_size=4, workers=0, device="cpu", noautoanchor=True, noplots=True, exist_ok=True)
@@ -89,6 +96,60 @@ def test_methods_and_global_ranking_prune_a_trainable_model(method, global_pruni
     assert [tuple(o.shape) for o in out] == [(1, 3, 8, 8, 8), (1, 3, 4, 4, 8), (1, 3, 2, 2, 8)]
 
 
+def test_a_removed_constant_channel_is_compensated_exactly(yolov5n_pt, coco128):
+    """Channels of layer 5 whose filters are zero output a constant (SiLU of the BatchNorm bias); removing them
+    with their mean folded into the 1x1 convolutions that read them (layer 6's BatchNorm running means) leaves the
+    outputs unchanged, without compensation they change."""
+    import torch_pruning as tp
+
+    x = calibration_batch(str(coco128 / "images" / "train2017"), 64, n=4)
+    assert x.shape == (4, 3, 64, 64) and 0 <= x.min() and x.max() <= 1
+    outs = []
+    for compensate in (True, False):
+        model = load_model(yolov5n_pt, fuse=False)
+        conv = model.model[5].conv
+        with torch.no_grad():
+            conv.weight[:4] = 0
+            ref = model(x)[0]
+        stats = _input_stats(model, x)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.detect._grid_cache = {}
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=torch.zeros(1, 3, 64, 64), output_transform=lambda o: o[0]
+        )  # fmt: skip
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
+        if compensate:
+            _compensate(group, graph, stats, _bn_scaled_convs(model), scaled=False)
+        group.prune()
+        model.detect._grid_cache = {}
+        with torch.no_grad():
+            outs.append((model(x)[0] - ref).abs().max().item())
+    assert conv.out_channels == 124
+    assert outs[0] < 1e-3 < 0.1 < outs[1]
+
+
+def test_activation_ranking_keeps_more_of_the_model_than_weight_norms(yolov5n_pt, coco128):
+    """10% of each layer's channels: ranked by activation variance (with mean compensation) the scores of the
+    dense model's detections move less than ranked by l1 weight norms (0.22 vs 0.29 here; coco128 mAP50-95 at 320
+    0.093 vs 0.006)."""
+    x = calibration_batch(str(coco128 / "images" / "train2017"), 128, n=8)
+
+    def scores(model):
+        with torch.no_grad():
+            y = model(x)[0]
+        return (y[..., 4:5] * y[..., 5:]).amax(-1)
+
+    ref = scores(load_model(yolov5n_pt, fuse=False))
+    top = ref > 0.1
+    err = {}
+    for method in ("l1", "activation"):
+        model = load_model(yolov5n_pt, fuse=False)
+        channel_prune(model, 0.1, method, calibration=x)
+        err[method] = (scores(model) - ref)[top].abs().mean().item()
+    assert top.sum() > 100 and err["activation"] < 0.9 * err["l1"]
+
+
 def test_ensemble_and_tta_take_a_pruned_member(pruned_pt, yolov5n_pt):
     path, _ = pruned_pt
     model = load_inference_model([str(path), str(yolov5n_pt)], torch.device("cpu"), augment=True, imgsz=320)
@@ -125,7 +186,7 @@ def test_exported_pt_and_onnx_agree_on_coco(yolov5n_pt, coco8, tmp_path, capsys)
 def test_fine_tuning_keeps_the_pruned_widths(yolov5n_pt, coco8, tmp_path, capsys):
     save_dir = train.run(data=str(coco8), weights=str(yolov5n_pt), epochs=1, prune_channels=0.3, project=tmp_path,
                          name="ft", **TINY)  # fmt: skip
-    assert "Channel pruning (l1, per layer 0.3): 1872157 -> 949093 parameters" in capsys.readouterr().out
+    assert "Channel pruning (activation, per layer 0.3): 1872157 -> 949093 parameters" in capsys.readouterr().out
     ckpt = torch.load(save_dir / "weights" / "last.pt", map_location="cpu", weights_only=True)
     widths = ckpt["model_yaml"][WIDTHS_KEY]
     assert widths["model.2.cv1.conv"] == [8, 24, 1]

@@ -83,8 +83,9 @@ def channel_prune_options() -> argparse.ArgumentParser:
     p.add_argument(
         "--prune-method",
         choices=CHANNEL_PRUNE_METHODS,
-        default="l1",
-        help="channel importance for --prune-channels: l1/l2 weight norm or bn-scale (|BatchNorm gamma|)",
+        default="activation",
+        help="channel importance for --prune-channels: activation (variance on calibration images x the weights "
+        "reading it; the default), l1/l2 weight norm or bn-scale (|BatchNorm gamma|)",
     )
     p.add_argument(
         "--prune-global",

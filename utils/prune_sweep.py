@@ -106,7 +106,7 @@ def run_channel_sweep(
     train_fn: Callable,
     val_fn: Callable,
     export_fn: Callable,
-    method: str = "l1",
+    method: str = "activation",
     global_pruning: bool = False,
     imgsz: int = 640,
     epochs: int = 3,
@@ -123,18 +123,20 @@ def run_channel_sweep(
     """
     from models.yolo import model_flops
     from utils.checkpoints import load_model, save_checkpoint
+    from utils.data.dataset_config import load_data_config
     from utils.inference.backends import load_backend
-    from utils.inference.channel_prune import channel_prune
+    from utils.inference.channel_prune import calibration_batch, channel_prune
     from utils.inference.prune import global_l1_prune, make_permanent
 
     cpu = torch.device("cpu")
     stem = Path(weights).stem
     rows, runners = [], {}
+    calib = calibration_batch(load_data_config(data, require=("train",))["train"], min(imgsz, 640))
     for ratio in [0.0, *ratios]:
         name = f"channels {ratio:g}" if ratio else "dense"
         model = load_model(weights, fuse=False)
         if ratio:
-            channel_prune(model, ratio, method, global_pruning)
+            channel_prune(model, ratio, method, global_pruning, calibration=calib)
         ckpt = save_checkpoint(model, save_dir / f"{stem}_ch{round(ratio * 100)}.pt")
         before = _validate(val_fn, ckpt, data, imgsz, workers, save_dir)
         tuned = None

@@ -42,8 +42,9 @@ class InferenceOptions:
     imgsz: int = 640
     fuse: bool = True
     prune_channels: float = 0.0  # structured: fraction of conv output channels removed (utils.inference.channel_prune)
-    prune_method: str = "l1"  # channel importance: l1, l2 or bn-scale
+    prune_method: str = "activation"  # channel importance: activation, l1, l2 or bn-scale
     prune_global: bool = False  # one channel ranking over the whole network instead of per layer
+    prune_calibration: str | list[str] | None = None  # images whose mean activations compensate removed channels
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> InferenceOptions:
@@ -178,9 +179,12 @@ def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[
 
 def _channel_prune_member(model: nn.Module, opts: InferenceOptions) -> None:
     """Channel-prune an unfused member (BatchNorm weights take part in the ranking), then fuse it."""
-    from utils.inference.channel_prune import channel_prune
+    from utils.inference.channel_prune import calibration_batch, channel_prune
 
-    channel_prune(model, opts.prune_channels, opts.prune_method, opts.prune_global, verbose=opts.verbose)
+    calib = calibration_batch(opts.prune_calibration, min(opts.imgsz, 640)) if opts.prune_calibration else None
+    channel_prune(
+        model, opts.prune_channels, opts.prune_method, opts.prune_global, verbose=opts.verbose, calibration=calib
+    )  # fmt: skip
     if opts.fuse:
         model.fuse(verbose=False)
     model.to(memory_format=torch.channels_last)

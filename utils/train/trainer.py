@@ -212,9 +212,10 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
 
         global_l1_prune(model, opt.prune)
     if getattr(opt, "prune_channels", 0) and not resume:  # a resumed run is rebuilt at its pruned widths
-        from utils.inference.channel_prune import channel_prune
+        from utils.inference.channel_prune import calibration_batch, channel_prune
 
-        channel_prune(model, opt.prune_channels, opt.prune_method, opt.prune_global)
+        calib = calibration_batch(data["train"], min(train_val_sizes(opt.imgsz)[0], 640))
+        channel_prune(model, opt.prune_channels, opt.prune_method, opt.prune_global, calibration=calib)
     channels_last = device.type == "cpu"  # oneDNN's NHWC convolutions are faster on the CPU
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     freeze_layers(model, opt.freeze)
