@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from utils.files import REPO_ROOT
+
+FINETUNE_HYP = REPO_ROOT / "data" / "hyps" / "hyp.finetune.yaml"  # no warmup, an optimizer step per batch of 16
 COLUMNS = (
     "model",
     "params",
@@ -94,7 +97,8 @@ def _fine_tune(
     train_fn: Callable, weights: Path, data: str, epochs: int, imgsz: int, workers: int, save_dir: Path, name: str
 ) -> Path:
     run = train_fn(data=data, weights=str(weights), epochs=epochs, imgsz=[imgsz], batch_size=16, workers=workers,
-                    project=save_dir, name=name, exist_ok=True, noplots=True, device="cpu")  # fmt: skip
+                    hyp=str(FINETUNE_HYP), nbs=16, project=save_dir, name=name, exist_ok=True, noplots=True,
+                    device="cpu")  # fmt: skip
     return run / "weights" / "best.pt"
 
 
@@ -119,7 +123,7 @@ def run_channel_sweep(
 
     ``train_fn``, ``val_fn`` and ``export_fn`` are ``train.run``, ``val.run`` and ``export.run`` (passed in: utils
     imports no entry script). Fine-tuning: ``epochs`` on ``data`` at ``finetune_imgsz``, batch 16, from each
-    pruned checkpoint; mAP is measured at ``imgsz``, batch 32, before and after.
+    pruned checkpoint (``data/hyps/hyp.finetune.yaml``, ``--nbs 16``); mAP is measured at ``imgsz``, batch 32, before and after.
     """
     from models.yolo import model_flops
     from utils.checkpoints import load_model, save_checkpoint

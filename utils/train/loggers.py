@@ -35,7 +35,7 @@ class TensorBoardLogger:
 
     def log_image(self, file: Path, step: int) -> None:
         """A jpg/png from the run folder as an image tagged by its stem; absent files are skipped."""
-        im = cv2.imread(str(file))
+        im = cv2.imread(str(file)) if Path(file).is_file() else None  # OpenCV warns on stderr for a missing file
         if im is not None:
             self.writer.add_image(file.stem, im[..., ::-1].copy(), step, dataformats="HWC")
 
