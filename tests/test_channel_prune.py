@@ -38,13 +38,14 @@ def pruned_pt(yolov5n_pt, tmp_path_factory):
 def test_widths_shrink_and_the_head_outputs_stay(pruned_pt, capsys):
     _, model = pruned_pt
     convs = dict(model.named_modules())
-    assert convs["model.2.cv1.conv"].out_channels == 8  # 16 * 0.7 = 11.2: the nearest multiple of 8
+    assert convs["model.2.cv1.conv"].out_channels == 16  # 16 * 0.7 = 11.2: at least one multiple of 16 stays
+    assert convs["model.1.conv"].out_channels == 16  # 32 * 0.7 = 22.4: the nearest multiple of 16
     assert convs["model.4.cv3.conv"].out_channels == 48  # 64 * 0.7 = 44.8
     assert convs["model.8.cv3.conv"].out_channels == 176  # 256 * 0.7 = 179.2
     assert [m.out_channels for m in model.detect.m] == [255, 255, 255]  # na * (5 + nc) untouched
-    assert [m.in_channels for m in model.detect.m] == [48, 88, 176]  # its inputs follow the pruned necks
-    assert sum(p.numel() for p in model.parameters()) == 949093  # of 1872157 dense
-    assert model.yaml[WIDTHS_KEY]["model.0.conv"] == [8, 3, 1]
+    assert [m.in_channels for m in model.detect.m] == [48, 96, 176]  # its inputs follow the pruned necks
+    assert sum(p.numel() for p in model.parameters()) == 1024573  # of 1872157 dense
+    assert model.yaml[WIDTHS_KEY]["model.0.conv"] == [16, 3, 1]
 
 
 def test_round_trip_with_weights_only_gives_identical_outputs(pruned_pt):
@@ -186,15 +187,15 @@ def test_exported_pt_and_onnx_agree_on_coco(yolov5n_pt, coco8, tmp_path, capsys)
 def test_fine_tuning_keeps_the_pruned_widths(yolov5n_pt, coco8, tmp_path, capsys):
     save_dir = train.run(data=str(coco8), weights=str(yolov5n_pt), epochs=1, prune_channels=0.3, project=tmp_path,
                          name="ft", **TINY)  # fmt: skip
-    assert "Channel pruning (activation, per layer 0.3): 1872157 -> 949093 parameters" in capsys.readouterr().out
+    assert "Channel pruning (activation, per layer 0.3): 1872157 -> 1024573 parameters" in capsys.readouterr().out
     ckpt = torch.load(save_dir / "weights" / "last.pt", map_location="cpu", weights_only=True)
     widths = ckpt["model_yaml"][WIDTHS_KEY]
-    assert widths["model.2.cv1.conv"] == [8, 24, 1]
-    assert ckpt["state_dict"]["model.2.cv1.conv.weight"].shape == (8, 24, 1, 1)  # the EMA weights
+    assert widths["model.3.conv"] == [48, 16, 1]
+    assert ckpt["state_dict"]["model.3.conv.weight"].shape == (48, 16, 3, 3)  # the EMA weights
     again = train.run(data=str(coco8), weights=str(save_dir / "weights" / "last.pt"), epochs=1, project=tmp_path,
                       name="ft2", **TINY)  # fmt: skip
     assert "Transferred 349/349 items from last.pt" in capsys.readouterr().out
-    assert sum(p.numel() for p in load_model(again / "weights" / "best.pt").parameters()) == 945733  # fused
+    assert sum(p.numel() for p in load_model(again / "weights" / "best.pt").parameters()) == 1021149  # fused
 
 
 class _Stop(Exception):

@@ -116,10 +116,11 @@ def _fold_bn_scale(pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], undo: bool = F
 
 def _nearest_multiple_ratios(model: nn.Module, ratio: float, round_to: int, ignored: set[int]) -> dict:
     """Per-conv pruning ratios whose kept widths are the nearest multiple of ``round_to`` to ``(1 - ratio)`` of
-    the width (at least ``round_to``); torch-pruning's own ``round_to`` rounds down, so 5% of 16 would go to 8."""
+    the width (at least ``round_to``, so a layer that narrow is kept whole); torch-pruning's own ``round_to``
+    rounds down, so 5% of 16 would go to 8."""
     out = {}
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and id(m) not in ignored and m.groups == 1 and m.out_channels > round_to:
+        if isinstance(m, nn.Conv2d) and id(m) not in ignored and m.groups == 1:
             keep = max(round_to, round(m.out_channels * (1 - ratio) / round_to) * round_to)
             out[m] = max(m.out_channels - keep - 0.25, 0) / m.out_channels  # it keeps int(width * (1 - ratio))
     return out
@@ -243,7 +244,7 @@ def channel_prune(
     ratio: float,
     method: str = "activation",
     global_pruning: bool = False,
-    round_to: int = 8,
+    round_to: int = 16,
     imgsz: int = 256,
     verbose: bool = False,
     calibration: torch.Tensor | None = None,
@@ -257,7 +258,9 @@ def channel_prune(
             (one ranking for all layers, each layer keeping at least 10% of its channels).
         method: channel importance: ``activation`` (needs ``calibration``; ``l1`` without it: see
             ``_ReconstructionImportance``), ``l1``/``l2`` norm of the group's weights, or ``bn-scale`` (|BN gamma|).
-        round_to: kept widths are multiples of this (8 suits the CPU's SIMD width and GPU tensor cores).
+        round_to: kept widths are multiples of this. 16: ONNX Runtime's CPU kernels work in blocks of 16 channels
+            (a width of 24 costs 32); at 30% of yolov5n, 640 px, its batch-1 speed-up over dense was 1.18x (min)
+            with multiples of 8 and 1.46x with 16; also a multiple of the CPU's SIMD width and of tensor cores'.
         imgsz: size of the square dummy image the dependency graph is traced with.
         calibration: Tensor[B, 3, H, W] (0-1) of images like the ones the model will see. A removed channel's
             mean activation on them is folded into every layer that read it (the next convolution's bias, or its
