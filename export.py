@@ -6,7 +6,7 @@ Usage:
     python export.py --weights yolov5n.pt --include onnx --no-dynamic     # fixed 1x3x640x640 input
     python export.py --weights yolov5n.pt --include onnx --nms             # final boxes from ONNX Runtime alone
     python export.py --weights yolov5n.pt --include pt --prune 0.3         # sparse-stored pruned checkpoint
-    python export.py --weights yolov5n.pt --include pt onnx --prune-channels 0.3   # channel-pruned: faster
+    python export.py --weights yolov5n.pt --include pt onnx --prune-channels 0.3 --data coco128   # faster
 
 Formats (``--include``): pt, torchscript, onnx, openvino; engine (TensorRT), coreml and tflite when their package
 (and for TensorRT a CUDA device) is present. Exported files run in val.py and detect.py like .pt weights.
@@ -53,6 +53,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--nms", action="store_true", help="ONNX: append NMS; output [N, 7] (image, xyxy, conf, cls)")
     p.add_argument("--save-dir", default="", help="folder for the exported files (default: beside the weights)")
+    p.add_argument("--data", default=None, help="dataset YAML whose train images calibrate --prune-channels")
     return p.parse_args(argv)
 
 
@@ -80,6 +81,7 @@ def run(
     tta_scales: list[float] | None = None,
     tta_flips: list[str] | None = None,
     save_dir: str | Path = "",
+    data: str | None = None,
 ) -> dict[str, Path]:
     """Export ``weights`` to every ``include`` format; returns ``{flag: path}``; ``ExportError`` if any failed."""
     paths = [weights] if isinstance(weights, (str, Path)) else list(weights)
@@ -102,6 +104,13 @@ def run(
     if half and dev.type != "cuda" and any(f in HALF_NEEDS_CUDA for f in include):
         raise UsageError(f"--half: fp16 {'/'.join(HALF_NEEDS_CUDA)} export needs a CUDA device (use --device 0)")
     channels = {"ratio": prune_channels, "method": prune_method, "global_pruning": prune_global}
+    if prune_channels and data:  # calibration images: mean compensation and the 'activation' ranking
+        from utils.data.dataset_config import load_data_config
+        from utils.inference.channel_prune import calibration_batch
+
+        channels["calibration"] = calibration_batch(
+            load_data_config(data, require=("train",))["train"], min(sizes[0], 640)
+        )
     # a channel-pruned .pt keeps its BatchNorms so that train.py can fine-tune it; other formats get it fused
     keep_bn = bool(prune_channels) and "pt" in include and len(paths) == 1
     model = load_export_model(
