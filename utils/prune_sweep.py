@@ -1,7 +1,8 @@
 """Channel-pruning sweep (``benchmarks.py --prune-channels``): what each ratio costs in mAP and buys in speed.
 
 For the dense model and each ratio: parameters, GFLOPs, mAP50-95 before and after a short fine-tune on the data,
-and inference time for PyTorch fp32 (batch 1 and batch 32), ONNX Runtime and OpenVINO (batch 1). The unstructured
+and inference time for PyTorch fp32 (batch 1 and batch 32), PyTorch bf16 (batch 32, on a CPU with native bf16),
+ONNX Runtime and OpenVINO (batch 1). The unstructured
 ``--prune`` rows are added for comparison. Times are measured interleaved (every model once per round, several
 rounds, the fastest kept: the least disturbed run), so load from other processes on a shared machine moves all rows
 alike.
@@ -26,6 +27,7 @@ COLUMNS = (
     "mAP50-95",
     "mAP50-95 fine-tuned",
     "PyTorch b32 ms/im",
+    "PyTorch bf16 b32 ms/im",
     "PyTorch b1 ms",
     "ONNX b1 ms",
     "OpenVINO b1 ms",
@@ -37,6 +39,12 @@ def _ms_per_image(fn, x: torch.Tensor) -> float:
     with torch.inference_mode():
         fn(x)
     return (time.perf_counter() - t) * 1e3 / x.shape[0]
+
+
+def _bf16(backend):
+    """A PyTorch backend that runs under bf16 autocast (``--half`` on a CPU with native bf16)."""
+    backend.autocast_dtype = torch.bfloat16
+    return backend
 
 
 def interleaved_times(runners: dict[str, dict], inputs: dict[str, torch.Tensor], rounds: int) -> dict:
@@ -123,11 +131,13 @@ def run_channel_sweep(
 
     ``train_fn``, ``val_fn`` and ``export_fn`` are ``train.run``, ``val.run`` and ``export.run`` (passed in: utils
     imports no entry script). Fine-tuning: ``epochs`` on ``data`` at ``finetune_imgsz``, batch 16, from each
-    pruned checkpoint (``data/hyps/hyp.finetune.yaml``, ``--nbs 16``); mAP is measured at ``imgsz``, batch 32, before and after.
+    pruned checkpoint (``data/hyps/hyp.finetune.yaml``, ``--nbs 16``); mAP is measured at ``imgsz``, batch 32,
+    before and after.
     """
     from models.yolo import model_flops
     from utils.checkpoints import load_model, save_checkpoint
     from utils.data.dataset_config import load_data_config
+    from utils.devices import cpu_has_native_bf16
     from utils.inference.backends import load_backend
     from utils.inference.channel_prune import calibration_batch, channel_prune
     from utils.inference.prune import global_l1_prune, make_permanent
@@ -156,6 +166,7 @@ def run_channel_sweep(
                      "mAP50-95 fine-tuned": None if tuned is None else round(tuned, 4)})  # fmt: skip
         runners[name] = {
             "PyTorch b32 ms/im": load_backend(str(ckpt), cpu),
+            **({"PyTorch bf16 b32 ms/im": _bf16(load_backend(str(ckpt), cpu))} if cpu_has_native_bf16() else {}),
             "PyTorch b1 ms": load_backend(str(ckpt), cpu),
             "ONNX b1 ms": load_backend(str(files["onnx"]), cpu),
             "OpenVINO b1 ms": load_backend(str(files["openvino"]), cpu),
@@ -173,7 +184,7 @@ def run_channel_sweep(
                      "mAP50-95 fine-tuned": None})  # fmt: skip
         runners[name] = {"PyTorch b32 ms/im": backend, "PyTorch b1 ms": backend}
     x = torch.rand(32, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    inputs = {c: x[:1] for c in COLUMNS[6:]} | {"PyTorch b32 ms/im": x}
+    inputs = {c: x if "b32" in c else x[:1] for c in COLUMNS[5:]}
     times = interleaved_times(runners, inputs, rounds)
     for r in rows:
         for c in COLUMNS[5:]:
