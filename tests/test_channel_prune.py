@@ -253,3 +253,24 @@ def test_resume_keeps_the_pruned_widths_and_does_not_prune_again(coco8, tmp_path
     out = capsys.readouterr().out
     assert "Resuming training from" in out and "Channel pruning" not in out  # rebuilt at its widths, not re-pruned
     assert load_model(last).model[8].cv3.conv.out_channels == 128
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_cpu_processes_prune_alike_and_fine_tune(yolov5n_pt, coco8, tmp_path):
+    """torchrun, 2 CPU processes (gloo): every rank prunes the same channels from the same calibration images, DDP
+    trains the pruned widths, and rank 0's checkpoint rebuilds at them."""
+    import os
+    import subprocess
+    import sys
+
+    from utils.files import REPO_ROOT
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           "--data", str(coco8), "--weights", str(yolov5n_pt), "--prune-channels", "0.3", "--img", "64",
+           "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--noplots", "--noautoanchor",
+           "--project", str(tmp_path), "--name", "ddp"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "ddp" / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_yaml"][WIDTHS_KEY]["model.3.conv"] == [48, 16, 1]
+    assert sum(p.numel() for p in load_model(tmp_path / "ddp" / "weights" / "last.pt").parameters()) == 1021149
