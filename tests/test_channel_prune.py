@@ -121,7 +121,7 @@ def test_a_removed_constant_channel_is_compensated_exactly(yolov5n_pt, coco128):
         )  # fmt: skip
         group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
         if compensate:
-            _compensate(group, graph, stats, _bn_scaled_convs(model), scaled=False)
+            _compensate(group, graph, stats, dict(_bn_scaled_convs(model)), scaled=False)
         group.prune()
         model.detect._grid_cache = {}
         with torch.no_grad():

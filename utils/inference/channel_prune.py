@@ -181,49 +181,44 @@ class _ReconstructionImportance:
 
     @torch.no_grad()
     def __call__(self, group):
-        graph_is_in = group._DG.is_in_channel_pruning_fn
-        n = len(group[0].idxs)
-        score = torch.zeros(n)
+        score = torch.zeros(len(group[0].idxs))
         found = False
-        for item in group:
-            conv, idxs, root = item.dep.target.module, item.idxs, item.root_idxs
-            stat = self.stats.get(conv)
-            if not (isinstance(conv, nn.Conv2d) and graph_is_in(item.dep.handler)) or stat is None:
+        for conv, idx, root, (_, var) in _readers(group, group._DG, self.stats):
+            if any(r is None for r in root):
                 continue
-            if conv.groups != 1 or stat[1].numel() != conv.in_channels or any(r is None for r in root):
-                continue
-            ii = torch.tensor([int(i) for i in idxs], dtype=torch.long)
-            w2 = conv.weight.detach()[:, ii].float().square().sum((0, 2, 3)).cpu()
-            score.scatter_add_(0, torch.tensor([int(r) for r in root], dtype=torch.long), stat[1][ii].cpu() * w2)
+            w2 = conv.weight.detach()[:, idx].float().square().sum((0, 2, 3)).cpu()
+            score.scatter_add_(0, torch.tensor([int(r) for r in root], dtype=torch.long), var[idx].cpu() * w2)
             found = True
         return score if found else None
 
 
-@torch.no_grad()
-def _compensate(group, graph, stats: dict, pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]], scaled: bool) -> None:
-    """Before ``group`` is pruned: for every convolution that loses input channels, add what those channels
-    contributed on average (their mean activation times the filter taps that read them) to its output, through its
-    bias or, with a BatchNorm after it, by lowering the BatchNorm's running mean by the same amount. The mean of
-    the calibration batch is kept per conv and shrunk with its inputs, as groups are pruned one after another."""
-    bn_of = {id(conv): bn for conv, bn in pairs}
-    # while l1/l2 rank channels the weights carry their BatchNorm's scale (``_fold_bn_scale``): undo it here
-    folded = {id(conv): _bn_factor(bn).view(-1) if scaled else 1.0 for conv, bn in pairs}
-    for dep, idxs in group:
-        conv = dep.target.module
-        if not (isinstance(conv, nn.Conv2d) and graph.is_in_channel_pruning_fn(dep.handler)) or conv.groups != 1:
+def _readers(group, graph, stats: dict):
+    """``(conv, removed input indices, their root indices, [mean, var] of its inputs)`` for every plain convolution
+    that ``group`` takes input channels from and that the calibration pass saw (``_input_stats``)."""
+    for item in group:
+        conv = item.dep.target.module
+        if not (isinstance(conv, nn.Conv2d) and graph.is_in_channel_pruning_fn(item.dep.handler)) or conv.groups != 1:
             continue
         stat = stats.get(conv)
-        if stat is None or stat[0].numel() != conv.in_channels:
-            continue
-        mean = stat[0]
-        idx = torch.tensor(sorted(int(i) for i in idxs), dtype=torch.long)
-        delta = (conv.weight[:, idx].float().sum((2, 3)) * mean[idx].to(conv.weight.device)).sum(1)
-        keep = torch.ones(mean.numel(), dtype=torch.bool)
+        if stat is not None and stat[0].numel() == conv.in_channels:
+            yield conv, torch.tensor([int(i) for i in item.idxs], dtype=torch.long), item.root_idxs, stat
+
+
+@torch.no_grad()
+def _compensate(group, graph, stats: dict, bn_of: dict[nn.Conv2d, nn.BatchNorm2d], scaled: bool) -> None:
+    """Before ``group`` is pruned: for every convolution that loses input channels, add what those channels
+    contributed on average (their mean activation times the filter taps that read them) to its output, through its
+    bias or, with a BatchNorm after it (``bn_of``), by lowering the BatchNorm's running mean by the same amount. The
+    calibration statistics are kept per conv and shrunk with its inputs, as groups are pruned one after another.
+    ``scaled``: the weights carry their BatchNorm's scale while l1/l2 rank them (``_fold_bn_scale``)."""
+    for conv, idx, _, stat in list(_readers(group, graph, stats)):
+        delta = (conv.weight[:, idx].float().sum((2, 3)) * stat[0][idx].to(conv.weight.device)).sum(1)
+        keep = torch.ones(stat[0].numel(), dtype=torch.bool)
         keep[idx] = False
         stats[conv] = [t[keep] for t in stat]
-        if id(conv) in bn_of:  # conv -> BN: y + delta through BN == running_mean - delta (unscaled units)
-            bn = bn_of[id(conv)]
-            bn.running_mean -= delta / folded[id(conv)]
+        bn = bn_of.get(conv)
+        if bn is not None:  # conv -> BN: y + delta through BN == running_mean - delta (unscaled units)
+            bn.running_mean -= delta / (_bn_factor(bn).view(-1) if scaled else 1.0)
         elif conv.bias is not None:
             conv.bias += delta.to(conv.bias.dtype)
         # a convolution with neither (none in YOLOv5's layers) keeps its shape: a new bias would not rebuild
@@ -260,7 +255,7 @@ def channel_prune(
             ``_ReconstructionImportance``), ``l1``/``l2`` norm of the group's weights, or ``bn-scale`` (|BN gamma|).
         round_to: kept widths are multiples of this. 16: ONNX Runtime's CPU kernels work in blocks of 16 channels
             (a width of 24 costs 32); at 30% of yolov5n, 640 px, its batch-1 speed-up over dense was 1.18x (min)
-            with multiples of 8 and 1.46x with 16; also a multiple of the CPU's SIMD width and of tensor cores'.
+            with multiples of 8 and 1.32x with 16; also a multiple of the CPU's SIMD width and of tensor cores'.
         imgsz: size of the square dummy image the dependency graph is traced with.
         calibration: Tensor[B, 3, H, W] (0-1) of images like the ones the model will see. A removed channel's
             mean activation on them is folded into every layer that read it (the next convolution's bias, or its
@@ -269,7 +264,7 @@ def channel_prune(
             channels took coco128 mAP50-95 from 0.29 to 0.00).
 
     Returns the new ``conv_widths``, also recorded as ``model.yaml["channel_widths"]``. Prints
-    ``Channel pruning (l1, per layer 0.3): 1872157 -> 866525 parameters, 4.5 -> 2.2 GFLOPs``.
+    ``Channel pruning (activation, per layer 0.3): 1872157 -> 1024573 parameters, 4.6 -> 2.6 GFLOPs``.
     """
     import torch_pruning as tp
 
@@ -303,15 +298,16 @@ def channel_prune(
         round_to=round_to if global_pruning else None,
         output_transform=lambda out: out[0] if isinstance(out, tuple) else out,
     )
-    pairs = _bn_scaled_convs(model) if method != "bn-scale" else []
+    bn_pairs = _bn_scaled_convs(model)  # torch-pruning shrinks these modules in place: the pairs stay valid
+    pairs = bn_pairs if method != "bn-scale" else []
     _fold_bn_scale(pairs)
     try:
         for group in pruner.step(interactive=True):
             if stats is not None:
-                _compensate(group, pruner.DG, stats, _bn_scaled_convs(model), scaled=bool(pairs))
+                _compensate(group, pruner.DG, stats, dict(bn_pairs), scaled=bool(pairs))
             group.prune()
     finally:
-        _fold_bn_scale(_bn_scaled_convs(model) if pairs else [], undo=True)
+        _fold_bn_scale(pairs, undo=True)
     detect._grid_cache = {}
     model.train(was_training)
     for p in model.parameters():  # torch-pruning replaced the pruned parameters by new ones

@@ -177,11 +177,10 @@ def _fixed_input(members: list[Backend], paths: list[str], imgsz: int) -> tuple[
     return h, w
 
 
-def _channel_prune_member(model: nn.Module, opts: InferenceOptions) -> None:
+def _channel_prune_member(model: nn.Module, opts: InferenceOptions, calib: torch.Tensor | None) -> None:
     """Channel-prune an unfused member (BatchNorm weights take part in the ranking), then fuse it."""
-    from utils.inference.channel_prune import calibration_batch, channel_prune
+    from utils.inference.channel_prune import channel_prune
 
-    calib = calibration_batch(opts.prune_calibration, min(opts.imgsz, 640)) if opts.prune_calibration else None
     channel_prune(
         model, opts.prune_channels, opts.prune_method, opts.prune_global, verbose=opts.verbose, calibration=calib
     )  # fmt: skip
@@ -214,11 +213,16 @@ def load_inference_model(
         if opts.fuse:
             LOGGER.info("Fusing layers... ")
     members: list[Backend] = []
+    calib = None  # calibration images for --prune-channels: read once for every member
     for p in paths:
         m = load_backend(p, device, fuse=opts.fuse and not opts.prune_channels)
         if isinstance(m, PyTorchBackend):
             if opts.prune_channels:
-                _channel_prune_member(m.model, opts)
+                if calib is None and opts.prune_calibration:
+                    from utils.inference.channel_prune import calibration_batch
+
+                    calib = calibration_batch(opts.prune_calibration, min(opts.imgsz, 640))
+                _channel_prune_member(m.model, opts, calib)
             if LOGGER.isEnabledFor(logging.INFO):  # thop's count costs ~0.5 s
                 LOGGER.info(model_summary(m.model, imgsz))
         elif prune or opts.prune_channels:
