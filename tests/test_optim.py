@@ -75,3 +75,14 @@ def test_warmup_ramps_lr_momentum_and_accumulation():
     assert warmup(opt, 100, 100, 0.5, HYP, 16, nominal=16) == 1 and warmup(opt, 100, 100, 0.5, HYP, 8, 32) == 4
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005] * 3)
     assert opt.param_groups[2]["momentum"] == pytest.approx(0.937)
+
+
+def test_fused_kernels_on_cpu_and_cuda_parameters_only():
+    """CPU (and CUDA) parameters get the fused optimizer step; parameters elsewhere keep the per-tensor loop."""
+    from utils.train.optim import build_optimizer
+
+    cpu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    meta = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).to("meta")
+    for name in ("SGD", "Adam", "AdamW"):
+        assert all(g["fused"] for g in build_optimizer(cpu, name).param_groups)
+        assert not any(g.get("fused") for g in build_optimizer(meta, name).param_groups)

@@ -122,6 +122,15 @@ def print_speed(speed_ms: tuple[float, ...], shape: tuple[int, ...] | None) -> N
     LOGGER.info(speed_line(speed_ms, shape))
 
 
+def image_input(im, device: torch.device, half: bool = False) -> torch.Tensor:
+    """uint8 image(s) ``[3, H, W]`` or ``[B, 3, H, W]`` (tensor or ndarray, RGB, letterboxed) -> ``[B, 3, H, W]``
+    in 0-1 on ``device``, fp16 when ``half`` else fp32; the float copy is the only one (scaled in place)."""
+    x = torch.as_tensor(im).to(device, non_blocking=True)
+    x = x.half() if half else x.float()
+    x /= 255
+    return x[None] if x.ndim == 3 else x
+
+
 @functools.cache
 def _libc_malloc_trim():
     import ctypes

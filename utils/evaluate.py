@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from utils.boxes import scale_boxes_to_original, xywh2xyxy, xyxy2xywh
 from utils.data.labels import write_yolo_labels
-from utils.devices import Profile, print_speed, release_free_memory
+from utils.devices import Profile, image_input, print_speed, release_free_memory
 from utils.log import LOGGER
 from utils.metrics import ConfusionMatrix, ap_per_class, match_predictions
 from utils.nms import non_max_suppression
@@ -198,11 +198,10 @@ def evaluate(
         tgt_px[:, 2:] *= torch.tensor((width, height, width, height), device=device)
         hybrid = [tgt_px[tgt_px[:, 0] == i, 1:] for i in range(nb)] if opts.save_hybrid else None
         preds = []
-        for first in range(0, nb, chunk or nb):
+        step = chunk or nb
+        for first in range(0, nb, step):
             with dt[0]:
-                x = im[first : first + (chunk or nb)].to(device, non_blocking=True)
-                x = x.half() if opts.half else x.float()
-                x /= 255  # in place: the float copy is the only one
+                x = image_input(im[first : first + step], device, opts.half)
             with dt[1]:
                 out = model(x)
                 raw, train_out = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)

@@ -18,7 +18,7 @@ from torch import nn
 
 from models.ensemble import Ensemble, members_summary
 from models.yolo import model_summary
-from utils.devices import cpu_has_native_bf16
+from utils.devices import cpu_has_native_bf16, image_input
 from utils.errors import UsageError
 from utils.inference.backends import Backend, PyTorchBackend, load_backend
 from utils.log import LOGGER
@@ -100,10 +100,7 @@ class InferenceModel(nn.Module):
     def input_tensor(self, im: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
         """uint8 image(s) ``[3, H, W]`` or ``[B, 3, H, W]`` (RGB, letterboxed) -> the model's input on ``device``:
         ``[B, 3, H, W]`` in 0-1, fp16 for CUDA ``--half`` else fp32 (CPU bf16 autocast casts at each convolution)."""
-        x = torch.as_tensor(im).to(device)
-        x = x.half() if self.half_precision else x.float()
-        x /= 255  # in place: the float copy is the only one
-        return x[None] if x.ndim == 3 else x
+        return image_input(im, device, self.half_precision)
 
     @contextlib.contextmanager
     def runtime_threads(self) -> Iterator[None]:
