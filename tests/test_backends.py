@@ -182,10 +182,12 @@ def test_cpu_half_runs_every_pytorch_member_in_bf16_with_fp32_boxes(yolov5n_pt, 
 
 
 def test_large_batches_run_in_chunks_with_the_same_candidates(yolov5n_pt, monkeypatch):
-    """val.py's batch 32 runs as model calls of at most ``max_chunk`` images; results equal one call per image."""
+    """val.py's batch 32 runs as model calls of at most ``chunk_pixels`` on the CPU; results equal one call per
+    image."""
     model = load_inference_model(str(yolov5n_pt), torch.device("cpu"), imgsz=64)
     calls = []
-    monkeypatch.setattr(model, "max_chunk", 4)
+    monkeypatch.setattr(model, "chunk_pixels", 4 * 64 * 96 + 100)
+    assert model.chunk_size(640, 640, torch.device("cpu")) == 1 and model.chunk_size(64, 96, torch.device("meta")) == 8
     real = model.net.forward
     monkeypatch.setattr(model.net, "forward", lambda x: calls.append(len(x)) or real(x))
     x = torch.rand(10, 3, 64, 96, generator=torch.Generator().manual_seed(0))

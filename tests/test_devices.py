@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from models.yolo import DetectionModel
-from utils.devices import autocast_dtype, cpu_has_native_bf16
+from utils.devices import _glibc, autocast_dtype, cpu_has_native_bf16
+from utils.files import REPO_ROOT
 from utils.train.hyps import load_hyp
 from utils.train.loss import YoloLoss, scale_loss_gains
 
@@ -42,3 +46,37 @@ def test_bf16_autocast_training_step_keeps_fp32_master_weights():
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+import torch
+from utils.devices import _glibc, keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = _glibc()
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "1":
+    assert keep_freed_memory()
+x = torch.empty(100 << 20, dtype=torch.uint8)  # an 8 x 16 x 320 x 320 fp32 activation is 52 MB
+info = libc.mallinfo2()
+del x
+print(info.hblkhd >> 20, libc.mallinfo2().fordblks >> 20)  # MB mmapped while it lived, MB kept free after
+"""
+
+
+def test_keep_freed_memory_serves_large_tensors_from_the_heap_and_keeps_them():
+    """Without it glibc mmaps a 100 MB tensor and unmaps it when freed (the next one pays the page faults again);
+    with it the block comes from the heap and stays there for the next tensor."""
+    if _glibc() is None:
+        pytest.skip("not glibc: keep_freed_memory does nothing here")
+    runs = {}
+    for on in ("0", "1"):
+        out = subprocess.run(
+            [sys.executable, "-c", _HEAP_PROBE, on], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        )
+        runs[on] = tuple(map(int, out.stdout.split()))
+    assert runs["0"][0] >= 100 and runs["0"][1] < 100  # default: mmapped, nothing kept
+    assert runs["1"][0] < 100 and runs["1"][1] >= 100  # heap block, kept free for reuse

@@ -190,7 +190,7 @@ def evaluate(
     # val.py: model + NMS on chunks of the uint8 batch, so neither the float copy of 32 images (173 MB at 672 px)
     # nor their decoded candidates (302 MB) exist at once; with a loss (training) the raw outputs of the whole batch
     # are needed, and its small batches run in one call
-    chunk = getattr(model, "max_chunk", None) if compute_loss is None else None
+    chunks = getattr(model, "chunk_size", None) if compute_loss is None else None
     for batch_i, (im, targets, paths, shapes) in enumerate(bar):
         targets = targets.to(device)
         nb, _, height, width = im.shape
@@ -198,7 +198,7 @@ def evaluate(
         tgt_px[:, 2:] *= torch.tensor((width, height, width, height), device=device)
         hybrid = [tgt_px[tgt_px[:, 0] == i, 1:] for i in range(nb)] if opts.save_hybrid else None
         preds = []
-        step = chunk or nb
+        step = chunks(height, width, device) if chunks else nb
         for first in range(0, nb, step):
             with dt[0]:
                 x = image_input(im[first : first + step], device, opts.half)
@@ -213,7 +213,6 @@ def evaluate(
                     max_det=opts.max_det, extra_labels=hybrid[first : first + len(x)] if hybrid else None,
                 )  # fmt: skip
             del x, out, raw, train_out
-        release_free_memory()
         for si, pred in enumerate(preds):
             seen += 1
             labels = tgt_px[tgt_px[:, 0] == si, 1:]
@@ -232,6 +231,7 @@ def evaluate(
             pred_targets = _preds_to_targets(preds, width, height)
             plot_images(im, pred_targets, paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
     bar.close()
+    release_free_memory()  # the last batch's activations: training goes on without them
 
     result = EvalResult(seen=seen, shape=shape)
     result.losses = tuple((loss.cpu() / max(len(dataloader), 1)).tolist())

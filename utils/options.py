@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from utils.devices import keep_freed_memory
 from utils.errors import UsageError, UserError
 from utils.files import REPO_ROOT
 from utils.inference.channel_prune import METHODS as CHANNEL_PRUNE_METHODS
@@ -162,6 +163,7 @@ def print_args(script: str, args: dict) -> None:
 
 def run_cli(script: str, main: Callable[[], object]) -> None:
     """Run ``main``; user errors print one ``script: error: ...`` line and exit 2 instead of a traceback."""
+    keep_freed_memory()
     try:
         main()
     except (UserError, FileNotFoundError) as e:

@@ -248,12 +248,12 @@ def plot_images(
         paths: image file names written in each cell's corner.
         max_size: the longest mosaic side is at most this many pixels.
     """
-    images, targets = _numpy(images).astype(np.float32), _numpy(targets).astype(np.float64)
+    images, targets = _numpy(images)[:max_subplots], _numpy(targets).astype(np.float64)
     targets = targets.reshape(-1, targets.shape[-1]) if targets.size else np.zeros((0, 6))
-    if images.max(initial=0) <= 1:
-        images = images * 255
+    if images.dtype != np.uint8:  # only the plotted images are converted: val.py passes a whole uint8 batch
+        images = images.astype(np.float32)
+        images = (images * 255 if images.max(initial=0) <= 1 else images).clip(0, 255).astype(np.uint8)
     bs, _, h, w = images.shape
-    bs = min(bs, max_subplots)
     if bs == 0:
         raise ValueError("plot_images needs at least one image")
     ns = math.ceil(bs**0.5)  # grid is ns x ns
@@ -261,7 +261,7 @@ def plot_images(
     h, w = math.ceil(scale * h), math.ceil(scale * w)
     mosaic = np.full((ns * h, ns * w, 3), 255, dtype=np.uint8)
     for i in range(bs):
-        im = np.ascontiguousarray(images[i].transpose(1, 2, 0)[..., ::-1]).clip(0, 255).astype(np.uint8)  # BGR
+        im = np.ascontiguousarray(images[i].transpose(1, 2, 0)[..., ::-1])  # BGR
         if scale < 1:
             im = cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA)
         y, x = h * (i // ns), w * (i % ns)

@@ -62,9 +62,10 @@ class InferenceModel(nn.Module):
     Calling it on Tensor[B, 3, H, W] (0-1, the model's dtype) returns decoded Tensor[B, N, 5 + nc] candidates
     (xywh input pixels) or ``(decoded, raw)``; feed them to ``non_max_suppression``.
 
-    A batch larger than ``max_chunk`` runs as several model calls of at most that many images: at 640 px a
-    32-image call holds about 1 GB of activations and is no faster per image (measured single-thread CPU time per
-    image: 101 ms at 32, 88 ms at 8); ``val.py --batch-size 32`` at 640 peaks at 2.0 GB instead of 2.8 GB.
+    A large batch runs as several model calls of at most ``chunk_size(...)`` images: on the CPU as many as hold
+    ``chunk_pixels`` (4 images at 640 px), elsewhere ``max_chunk``. A 32-image call at 640 holds about 1 GB of
+    activations and is no faster per image; with 4-image calls ``val.py --batch-size 32`` at 640 peaks at 1.2 GB
+    (8-image calls: 1.5 GB, one call: 2.8 GB) at the same speed.
 
     Attributes:
         names: class names by index. max_stride: the largest stride (input sizes must be multiples).
@@ -74,7 +75,8 @@ class InferenceModel(nn.Module):
         member_times: per-member seconds for ensembles, else None.
     """
 
-    max_chunk = 8
+    max_chunk = 8  # images per call off the CPU
+    chunk_pixels = 4 * 640 * 640  # input pixels per call on the CPU
     exported_only = False  # no PyTorch member: see runtime_threads
 
     def __init__(
@@ -129,11 +131,18 @@ class InferenceModel(nn.Module):
         parts = ", ".join(f"{Path(p).name} {t:.1f}ms" for p, t in zip(self.weight_paths, times))
         LOGGER.info(f"Ensemble inference per image: {parts}; total {sum(times):.1f}ms")
 
+    def chunk_size(self, height: int, width: int, device: torch.device) -> int:
+        """Images per model call for a batch of ``height`` x ``width`` inputs on ``device``."""
+        if device.type != "cpu":
+            return self.max_chunk
+        return max(1, self.chunk_pixels // max(height * width, 1))
+
     def forward(self, x: torch.Tensor):
-        if x.shape[0] <= self.max_chunk:
+        step = self.chunk_size(x.shape[-2], x.shape[-1], x.device)
+        if x.shape[0] <= step:
             return self.net(x)
         out, i = None, 0
-        for chunk in x.split(self.max_chunk):
+        for chunk in x.split(step):
             y = self.net(chunk)
             y = y[0] if isinstance(y, (tuple, list)) else y
             if out is None:  # filled chunk by chunk: a list + torch.cat would hold the candidates twice
