@@ -40,3 +40,20 @@ def test_clip_and_scale_back_to_original():
     b = torch.tensor([[100.0, 180.0, 200.0, 280.0]])
     scale_boxes_to_original((640, 640), b, (960, 1280), ratio_pad=((0.5, 0.5), (0.0, 80.0)))
     assert b.tolist() == [[200.0, 200.0, 400.0, 400.0]]
+
+
+def test_iou_equals_torchvision_including_touching_empty_and_integer_boxes():
+    """``box_iou`` is torchvision's formula written out (val.py then never imports torchvision's package)."""
+    from torchvision.ops import box_iou as tv_box_iou
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(60, 4, generator=gen) * 100
+    b = torch.rand(40, 4, generator=gen) * 100
+    a[:, 2:] += a[:, :2]
+    b[:, 2:] += b[:, :2]
+    a[:5, 2:] = a[:5, :2]  # zero-area boxes
+    b[:3] = a[10:13]  # identical boxes
+    b[3] = torch.tensor([a[20, 2], a[20, 1], a[20, 2] + 5, a[20, 3]])  # touching edge
+    torch.testing.assert_close(box_iou(a, b), tv_box_iou(a, b), rtol=0, atol=0, equal_nan=True)
+    ints = (a * 10).long()
+    torch.testing.assert_close(box_iou(ints, ints[:7]), tv_box_iou(ints, ints[:7]), rtol=0, atol=0, equal_nan=True)

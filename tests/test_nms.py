@@ -1,6 +1,10 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from utils.files import REPO_ROOT
 from utils.nms import non_max_suppression
 
 
@@ -87,3 +91,18 @@ def test_fp16_predictions_give_fp32_detections_for_every_image():
     out = non_max_suppression(half, 0.3, 0.5)
     assert [o.dtype for o in out] == [torch.float32, torch.float32] and len(out[0]) > 10 and len(out[1]) == 0
     torch.testing.assert_close(out[0], non_max_suppression(half.float(), 0.3, 0.5)[0], atol=0, rtol=0)
+
+
+def test_val_and_detect_use_torchvisions_kernel_without_importing_its_package():
+    """``import torchvision`` costs 2.1 s (its ops import torch._dynamo); the NMS kernel is loaded from its library,
+    and the result is that of ``torchvision.ops.nms``."""
+    code = (
+        "import sys, torch; import val, detect; from utils.nms import _nms_kernel; nms = _nms_kernel(); "
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'; "
+        "b = torch.rand(500, 4, generator=torch.Generator().manual_seed(0)) * 100; b[:, 2:] += b[:, :2]; "
+        "s = torch.rand(500, generator=torch.Generator().manual_seed(1)); keep = nms(b, s, 0.5); "
+        "import torchvision.ops; assert torch.equal(keep, torchvision.ops.nms(b, s, 0.5)); print(len(keep))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 50 < int(out.stdout.split()[-1]) < 500

@@ -1,9 +1,13 @@
-"""Non-maximum suppression over the decoded head output, through ``torchvision.ops``."""
+"""Non-maximum suppression over the decoded head output, with torchvision's NMS kernel."""
 
 from __future__ import annotations
 
+import functools
+import importlib.machinery
+import importlib.util
+import sys
+
 import torch
-from torchvision.ops import batched_nms
 
 from utils.boxes import xywh2xyxy
 
@@ -91,10 +95,39 @@ def _greedy_keep(det: torch.Tensor, iou_thres: float, max_det: int, agnostic: bo
     """
     n = det.shape[0]
     k = min(n, max(1024, 4 * max_det))
+    nms = _nms_kernel()
     while True:
         d = det[:k]
-        group = torch.zeros_like(d[:, 5]) if agnostic else d[:, 5]
-        keep = batched_nms(d[:, :4], d[:, 4], group, iou_thres)
+        boxes = d[:, :4]
+        if not agnostic:  # classes never suppress each other: each is moved to its own region of the plane
+            boxes = boxes + d[:, 5:6] * (boxes.max() + 1)
+        keep = nms(boxes, d[:, 4], iou_thres)
         if k == n or keep.numel() >= max_det:
             return keep[:max_det]
         k = min(n, 4 * k)
+
+
+@functools.cache
+def _nms_kernel():
+    """``torch.ops.torchvision.nms``: torchvision's compiled NMS (CPU and CUDA), loaded without running the
+    torchvision package's Python.
+
+    ``import torchvision`` executes the whole package, and its ``ops`` import ``torch._dynamo``: 2.1 s of the
+    4.5 s that ``val.py`` and ``detect.py`` spent importing on this project's 2-core CPU, for one kernel. Its
+    library is found the way torchvision's own loader finds it (``_C_stable`` since 0.29, ``_C`` before, with
+    one of this Python's extension suffixes, in the package folder); when that fails (another layout, Windows'
+    DLL paths) the package is imported after all. Training imports torchvision anyway (the CIoU loss): the
+    kernel is then simply there.
+    """
+    if "torchvision" not in sys.modules:
+        try:
+            spec = importlib.util.find_spec("torchvision")
+            loader = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+            finder = importlib.machinery.FileFinder(spec.submodule_search_locations[0], loader)
+            lib = finder.find_spec("_C_stable") or finder.find_spec("_C")
+            torch.ops.load_library(lib.origin)
+        except (ImportError, OSError, AttributeError, TypeError, RuntimeError):
+            pass
+    if not hasattr(torch.ops.torchvision, "nms"):
+        import torchvision.ops  # noqa: F401 (registers the kernel through torchvision's own loader)
+    return torch.ops.torchvision.nms
