@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -207,3 +210,32 @@ def test_no_pyplot_figures_left_open(tmp_path):
     plot_mc_curve(px, np.tile(px, (2, 1)), tmp_path / "R_curve.png", ["a", "b"], np.arange(2), ylabel="Recall")
     plot_confusion_matrix(np.eye(3), ["a", "b"], tmp_path / "cm.png")
     assert set(plt.get_fignums()) == before
+
+
+def test_draw_in_parallel_writes_both_sides_and_redraws_what_a_failed_child_did_not(tmp_path, capsys):
+    """val.py's confusion matrix and label mosaics draw in a forked process, the curves here."""
+    from utils.plots import draw_in_parallel
+
+    parent = os.getpid()
+    where = tmp_path / "where.txt"
+
+    def child_side():
+        where.write_text("child" if os.getpid() != parent else "parent")
+
+    def here_side():
+        (tmp_path / "here.txt").write_text(str(os.getpid()))
+
+    draw_in_parallel([child_side], [here_side])
+    forks = sys.platform == "linux" and (os.cpu_count() or 1) > 1
+    assert where.read_text() == ("child" if forks else "parent")
+    assert (tmp_path / "here.txt").read_text() == str(parent)
+
+    def dies_in_child():
+        if os.getpid() != parent:
+            os._exit(3)
+        where.write_text("redrawn")
+
+    draw_in_parallel([dies_in_child], [here_side])
+    assert where.read_text() == "redrawn"
+    if forks:
+        assert "exited with code 3" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,7 @@ def evaluate(
     imgsz = getattr(dataloader.dataset, "img_size", 0)
     shape = (dataloader.batch_size, 3, imgsz, imgsz)  # nominal input, as YOLOv5 reports it
     plot_batches = 3 if (opts.plots and save_dir is not None) else 0
+    mosaics: list[Callable] = []  # val_batch*_labels/pred.jpg
     if save_dir is not None and opts.save_txt:
         (save_dir / "labels").mkdir(parents=True, exist_ok=True)
     quiet = not LOGGER.isEnabledFor(logging.INFO)  # a silenced package logger hides the progress bar too
@@ -224,12 +226,13 @@ def evaluate(
                 write_yolo_labels(predn, shapes[si][0], file, opts.save_conf)
             if predn is not None and opts.save_json:
                 jdict.extend(_json_records(predn, paths[si], opts.coco_ids))
-        if batch_i < plot_batches:
+        if batch_i < plot_batches:  # drawn at the end, beside the metric plots (their 16 images kept till then)
             from utils.plots import plot_images
 
-            plot_images(im, targets, paths, save_dir / f"val_batch{batch_i}_labels.jpg", names)
-            pred_targets = _preds_to_targets(preds, width, height)
-            plot_images(im, pred_targets, paths, save_dir / f"val_batch{batch_i}_pred.jpg", names)
+            shown, pred_targets = im[:16].clone(), _preds_to_targets(preds, width, height)
+            file = save_dir / f"val_batch{batch_i}"
+            mosaics.append(partial(plot_images, shown, targets.cpu(), paths, f"{file}_labels.jpg", names))
+            mosaics.append(partial(plot_images, shown, pred_targets, paths, f"{file}_pred.jpg", names))
     bar.close()
     release_free_memory()  # the last batch's activations: training goes on without them
 
@@ -240,7 +243,7 @@ def evaluate(
     if compute_loss is None:
         print_speed(result.speed_ms, shape)
     if opts.plots and save_dir is not None:
-        _plot_metrics(confusion, ap, names, nc, opts.single_cls, save_dir)
+        _plot_metrics(confusion, ap, names, nc, opts.single_cls, save_dir, mosaics)
     return result, jdict
 
 
@@ -296,17 +299,27 @@ def _summarize(result: EvalResult, stats: list[tuple], nc: int, names: dict, per
     return ap
 
 
-def _plot_metrics(confusion: ConfusionMatrix, ap, names: dict, nc: int, single_cls: bool, save_dir: Path) -> None:
-    """confusion_matrix.png and the PR, F1, P and R curves."""
-    from utils.plots import plot_confusion_matrix, plot_mc_curve, plot_pr_curve
+def _plot_metrics(
+    confusion: ConfusionMatrix, ap, names: dict, nc: int, single_cls: bool, save_dir: Path, mosaics: list[Callable]
+) -> None:
+    """confusion_matrix.png and the PR, F1, P and R curves, with the batch ``mosaics``: the matrix and the label
+    mosaics in a second process, the rest here (``draw_in_parallel``)."""
+    from utils.plots import draw_in_parallel, plot_confusion_matrix, plot_mc_curve, plot_pr_curve
 
     labels = [names[i] for i in range(nc)] if not single_cls else ["item"]
-    plot_confusion_matrix(confusion.matrix, labels, save_dir / "confusion_matrix.png")
-    if ap is None:
-        return
-    plot_pr_curve(ap.px, ap.pr_curve, ap.ap, save_dir / "PR_curve.png", names, ap.classes)
-    for curve, stem, label in ((ap.f1_curve, "F1", "F1"), (ap.p_curve, "P", "Precision"), (ap.r_curve, "R", "Recall")):
-        plot_mc_curve(ap.px, curve, save_dir / f"{stem}_curve.png", names, ap.classes, ylabel=label)
+    curves = []
+    if ap is not None:
+        curves.append(partial(plot_pr_curve, ap.px, ap.pr_curve, ap.ap, save_dir / "PR_curve.png", names, ap.classes))
+        for curve, stem, label in (
+            (ap.f1_curve, "F1", "F1"),
+            (ap.p_curve, "P", "Precision"),
+            (ap.r_curve, "R", "Recall"),
+        ):
+            curves.append(
+                partial(plot_mc_curve, ap.px, curve, save_dir / f"{stem}_curve.png", names, ap.classes, ylabel=label)
+            )
+    matrix = partial(plot_confusion_matrix, confusion.matrix, labels, save_dir / "confusion_matrix.png")
+    draw_in_parallel([matrix, *mosaics[0::2]], [*curves, *mosaics[1::2]])
 
 
 def _preds_to_targets(preds: list[torch.Tensor], width: int, height: int) -> torch.Tensor:
