@@ -21,6 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import utils.startup  # noqa: F401 (first: no garbage collection while the script imports)
 import val as validate
 from utils.devices import cpu_has_native_bf16, select_device
 from utils.errors import UserError

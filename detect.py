@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import utils.startup  # noqa: F401 (first: no garbage collection while the script imports)
 from utils.data.sources import classify_source
 from utils.devices import print_speed, select_device
 from utils.files import increment_path, print_labels_saved

@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import utils.startup  # noqa: F401 (first: no garbage collection while the script imports)
 from utils.devices import select_device
 from utils.export.formats import (
     FORMATS,

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import utils.startup  # noqa: F401 (first: no garbage collection while the script imports)
 from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader
 from utils.devices import select_device

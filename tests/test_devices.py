@@ -80,3 +80,24 @@ def test_keep_freed_memory_serves_large_tensors_from_the_heap_and_keeps_them():
         runs[on] = tuple(map(int, out.stdout.split()))
     assert runs["0"][0] >= 100 and runs["0"][1] < 100  # default: mmapped, nothing kept
     assert runs["1"][0] < 100 and runs["1"][1] >= 100  # heap block, kept free for reuse
+
+
+_STARTUP_PROBE = """
+import gc, sys
+sys.modules["__main__"].__file__ = sys.argv[1]
+import utils.startup
+during = gc.isenabled()
+utils.startup.resume()
+print(during, gc.isenabled(), gc.get_freeze_count() > 0)
+"""
+
+
+@pytest.mark.parametrize("main_file, expect", [("val.py", "False True True"), ("notes/val.py", "True True False")])
+def test_scripts_import_without_garbage_collection_and_resume_it(main_file, expect):
+    """``python val.py``: no collection during the imports (0.5 s of the start), on again in ``run_cli``; a module
+    of the same name elsewhere (a notebook, a test) is left alone."""
+    path = str(REPO_ROOT / main_file)
+    out = subprocess.run(
+        [sys.executable, "-c", _STARTUP_PROBE, path], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == expect.split()

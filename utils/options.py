@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from utils import startup
 from utils.devices import keep_freed_memory
 from utils.errors import UsageError, UserError
 from utils.files import REPO_ROOT
@@ -163,6 +164,7 @@ def print_args(script: str, args: dict) -> None:
 
 def run_cli(script: str, main: Callable[[], object]) -> None:
     """Run ``main``; user errors print one ``script: error: ...`` line and exit 2 instead of a traceback."""
+    startup.resume()
     keep_freed_memory()
     try:
         main()
