@@ -302,8 +302,8 @@ def _summarize(result: EvalResult, stats: list[tuple], nc: int, names: dict, per
 def _plot_metrics(
     confusion: ConfusionMatrix, ap, names: dict, nc: int, single_cls: bool, save_dir: Path, mosaics: list[Callable]
 ) -> None:
-    """confusion_matrix.png and the PR, F1, P and R curves, with the batch ``mosaics``: the matrix and the label
-    mosaics in a second process, the rest here (``draw_in_parallel``)."""
+    """confusion_matrix.png and the PR, F1, P and R curves, with the batch ``mosaics``: the matrix in a second
+    process, the rest here (``draw_in_parallel``)."""
     from utils.plots import draw_in_parallel, plot_confusion_matrix, plot_mc_curve, plot_pr_curve
 
     labels = [names[i] for i in range(nc)] if not single_cls else ["item"]
@@ -319,7 +319,7 @@ def _plot_metrics(
                 partial(plot_mc_curve, ap.px, curve, save_dir / f"{stem}_curve.png", names, ap.classes, ylabel=label)
             )
     matrix = partial(plot_confusion_matrix, confusion.matrix, labels, save_dir / "confusion_matrix.png")
-    draw_in_parallel([matrix, *mosaics[0::2]], [*curves, *mosaics[1::2]])
+    draw_in_parallel([matrix], [*curves, *mosaics])  # 80 classes: 1.5-1.7 s vs 1.0 + 0.8 s here
 
 
 def _preds_to_targets(preds: list[torch.Tensor], width: int, height: int) -> torch.Tensor:

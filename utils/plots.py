@@ -139,9 +139,9 @@ def save_one_box(
 def draw_in_parallel(in_child: Sequence[Callable[[], object]], here: Sequence[Callable[[], object]]) -> None:
     """Run plotting calls: ``in_child`` in a forked process while this one runs ``here``.
 
-    Rendering is single-threaded: ``val.py``'s confusion matrix (80 classes, 1.1-1.5 s on this project's CPU)
-    and batch mosaics draw on the otherwise idle second core while the four curves draw here, the same files in
-    about half the wall time. Sequential where fork is unsafe or unavailable (not Linux) or with one core; if the
+    Rendering is single-threaded: ``val.py``'s confusion matrix (80 classes, 1.1-1.7 s on this project's CPU)
+    draws on the otherwise idle second core while the four curves and six batch mosaics draw here, the same files
+    in about half the wall time. Sequential where fork is unsafe or unavailable (not Linux) or with one core; if the
     child fails, its calls run again here, so an error is raised as usual.
     """
     if not in_child or not here or sys.platform != "linux" or (os.cpu_count() or 1) < 2:
