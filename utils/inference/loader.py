@@ -64,8 +64,8 @@ class InferenceModel(nn.Module):
 
     A large batch runs as several model calls of at most ``chunk_size(...)`` images: on the CPU as many as hold
     ``chunk_pixels`` (4 images at 640 px), elsewhere ``max_chunk``. A 32-image call at 640 holds about 1 GB of
-    activations and is no faster per image; with 4-image calls ``val.py --batch-size 32`` at 640 peaks at 1.2 GB
-    (8-image calls: 1.5 GB, one call: 2.8 GB) at the same speed.
+    activations and is no faster per image; with 4-image calls ``val.py --batch-size 32`` at 640 peaks at 1.0-1.1 GB
+    (8-image calls: 1.4 GB and up to 10% faster in bf16; one call: 2.8 GB).
 
     Attributes:
         names: class names by index. max_stride: the largest stride (input sizes must be multiples).
