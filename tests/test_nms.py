@@ -106,3 +106,11 @@ def test_val_and_detect_use_torchvisions_kernel_without_importing_its_package():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 50 < int(out.stdout.split()[-1]) < 500
+
+
+def test_classes_stay_apart_when_boxes_reach_past_the_top_left_corner():
+    """Shifting class c by c x (max coordinate + 1) lets a box with negative coordinates land on the previous
+    class's boxes; the shift is one span of all coordinates."""
+    p = _cand([[650, 650, 100, 100], [-49.5, -49.5, 101, 101]], [0.9, 0.8], [[1.0, 0.0], [0.0, 1.0]])
+    out = non_max_suppression(p, 0.25, 0.45)[0]
+    assert out.shape[0] == 2 and sorted(out[:, 5].tolist()) == [0.0, 1.0]

@@ -99,8 +99,9 @@ def _greedy_keep(det: torch.Tensor, iou_thres: float, max_det: int, agnostic: bo
     while True:
         d = det[:k]
         boxes = d[:, :4]
-        if not agnostic:  # classes never suppress each other: each is moved to its own region of the plane
-            boxes = boxes + d[:, 5:6] * (boxes.max() + 1)
+        if not agnostic:  # classes never suppress each other: each is moved to its own region of the plane, one
+            # span of the coordinates apart (boxes reaching past the image's top-left have negative ones)
+            boxes = boxes + d[:, 5:6] * (boxes.max() - boxes.min() + 1)
         keep = nms(boxes, d[:, 4], iou_thres)
         if k == n or keep.numel() >= max_det:
             return keep[:max_det]
