@@ -27,6 +27,17 @@ def test_same_seed_same_files_and_another_seed_differs(tmp_path):
     assert {k: v for k, v in a.items() if k.endswith(".txt")} != {k: v for k, v in c.items() if k.endswith(".txt")}
 
 
+def test_worker_processes_write_the_same_files_as_one_process(tmp_path, monkeypatch):
+    """Generation runs in forked workers (one per core): each image has its own random stream, so the dataset is
+    byte for byte the one a single process writes."""
+    import contextlib
+
+    many = files_of(generate_shapes_dataset(tmp_path / "pool", n_train=60, n_val=10, seed=5))
+    monkeypatch.setattr(shapes, "_pool", contextlib.nullcontext)
+    one = files_of(generate_shapes_dataset(tmp_path / "one", n_train=60, n_val=10, seed=5))
+    assert len(many) == 70 * 2 + 1 and many == one
+
+
 def test_layout_and_label_lines_are_valid(tmp_path):
     root = generate_shapes_dataset(tmp_path / "shapes", **TINY, seed=0)
     for split, n in (("train", 6), ("val", 2)):

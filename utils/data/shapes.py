@@ -11,9 +11,14 @@ Every image has its own random stream seeded by (seed, split, index), so a seed 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -180,25 +185,42 @@ def generate_shapes_dataset(
     params = _params(n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    jobs = [(split_id, split, i) for split_id, split, n in ((0, "train", n_train), (1, "val", n_val)) for i in range(n)]
+    write = partial(_write_image, tmp, seed, imgsz)
     try:
-        with tqdm(total=n_train + n_val, desc="shapes", disable=not progress) as bar:
-            for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
-                (tmp / "images" / split).mkdir(parents=True)
-                (tmp / "labels" / split).mkdir(parents=True)
-                for i in range(n):
-                    im, labels = render_image(np.random.default_rng([seed, split_id, i]), imgsz)
-                    if not cv2.imwrite(
-                        str(tmp / "images" / split / f"{i:05d}.jpg"), im, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-                    ):
-                        raise OSError(f"could not write an image into {tmp}")
-                    (tmp / "labels" / split / f"{i:05d}.txt").write_text(_label_text(labels, imgsz))
-                    bar.update()
+        for split in ("train", "val"):
+            (tmp / "images" / split).mkdir(parents=True)
+            (tmp / "labels" / split).mkdir(parents=True)
+        with tqdm(total=len(jobs), desc="shapes", disable=not progress) as bar, _pool() as pool:
+            for _ in pool.map(write, jobs, chunksize=25) if pool else map(write, jobs):
+                bar.update()
         (tmp / MARKER).write_text(json.dumps(params, indent=1) + "\n")
         _swap_into_place(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _write_image(tmp: Path, seed: int, imgsz: int, job: tuple[int, str, int]) -> None:
+    """Render image ``i`` of a split from its own random stream and write it and its labels under ``tmp``."""
+    split_id, split, i = job
+    im, labels = render_image(np.random.default_rng([seed, split_id, i]), imgsz)
+    if not cv2.imwrite(str(tmp / "images" / split / f"{i:05d}.jpg"), im, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+        raise OSError(f"could not write an image into {tmp}")
+    (tmp / "labels" / split / f"{i:05d}.txt").write_text(_label_text(labels, imgsz))
+
+
+def _pool():
+    """Forked worker processes, one per core, where fork exists (Linux), else none: every image has its own
+    random stream, so the files are the same either way (10-13 ms an image; the default job's 1,000 images took
+    12.8 s on one of this project's 2 cores)."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or sys.platform != "linux":
+        return contextlib.nullcontext()  # enters as None: the images are written here
+    import multiprocessing
+
+    return ProcessPoolExecutor(max_workers=min(cores, 8), mp_context=multiprocessing.get_context("fork"))
 
 
 def _swap_into_place(tmp: Path, root: Path) -> None:
