@@ -39,6 +39,7 @@ from utils.export.formats import (
 from utils.files import increment_path
 from utils.log import LOGGER
 from utils.options import (
+    CHANNEL_PRUNE_DEFAULT,
     CHANNEL_PRUNE_METHODS,
     ENSEMBLE_MODES,
     OPTIMIZERS,
@@ -94,7 +95,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
         help="channel-pruning sweep (utils/prune_sweep.py) over these ratios instead; --epochs: fine-tune length",
     )
     p.add_argument(
-        "--prune-method", choices=CHANNEL_PRUNE_METHODS, default="activation", help="--prune-channels importance"
+        "--prune-method",
+        choices=CHANNEL_PRUNE_METHODS,
+        default=CHANNEL_PRUNE_DEFAULT,
+        help="--prune-channels importance",
     )
     p.add_argument("--finetune-imgsz", type=int, default=320, help="--prune-channels: fine-tune image size")
     p.add_argument("--study", action="store_true", help="accuracy-vs-cost study (utils/study.py) instead")
@@ -152,7 +156,7 @@ def run(
     prune_exclude: list[str] | None = None,
     ensemble_mode: str = "nms",
     prune_channels: list[float] | tuple[float, ...] = (),
-    prune_method: str = "activation",
+    prune_method: str = CHANNEL_PRUNE_DEFAULT,
     finetune_imgsz: int = 320,
     project: str | Path = "runs/benchmarks",
     name: str = "exp",

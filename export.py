@@ -31,6 +31,7 @@ from utils.export.formats import (
 )
 from utils.log import LOGGER
 from utils.options import (
+    CHANNEL_PRUNE_DEFAULT,
     UsageError,
     add_shared,
     device_options,
@@ -75,7 +76,7 @@ def run(
     prune: float = 0.0,
     prune_exclude: list[str] | None = None,
     prune_channels: float = 0.0,
-    prune_method: str = "activation",
+    prune_method: str = CHANNEL_PRUNE_DEFAULT,
     prune_global: bool = False,
     ensemble_mode: str = "nms",
     augment: bool = False,

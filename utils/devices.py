@@ -145,11 +145,6 @@ def _glibc():
     return libc
 
 
-def _libc_malloc_trim():
-    libc = _glibc()
-    return None if libc is None else libc.malloc_trim
-
-
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -180,6 +175,6 @@ def release_free_memory() -> None:
     ``evaluate`` returns them when a validation pass ends, so training does not carry them. Not after every batch:
     the next batch then pays to fault the pages in again (``val.py --half`` at 640: 30.7 vs 21.1 ms per image).
     """
-    trim = _libc_malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

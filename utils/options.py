@@ -10,6 +10,7 @@ from utils import startup
 from utils.devices import keep_freed_memory
 from utils.errors import UsageError, UserError
 from utils.files import REPO_ROOT
+from utils.inference.channel_prune import DEFAULT_METHOD as CHANNEL_PRUNE_DEFAULT
 from utils.inference.channel_prune import METHODS as CHANNEL_PRUNE_METHODS
 from utils.log import LOGGER
 
@@ -85,7 +86,7 @@ def channel_prune_options() -> argparse.ArgumentParser:
     p.add_argument(
         "--prune-method",
         choices=CHANNEL_PRUNE_METHODS,
-        default="activation",
+        default=CHANNEL_PRUNE_DEFAULT,
         help="channel importance for --prune-channels: activation (variance on calibration images x the weights "
         "reading it; the default), l1/l2 weight norm or bn-scale (|BatchNorm gamma|)",
     )

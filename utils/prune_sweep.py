@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from utils.files import REPO_ROOT
+from utils.inference.channel_prune import DEFAULT_METHOD
 
 FINETUNE_HYP = REPO_ROOT / "data" / "hyps" / "hyp.finetune.yaml"  # no warmup, an optimizer step per batch of 16
 COLUMNS = (
@@ -118,7 +119,7 @@ def run_channel_sweep(
     train_fn: Callable,
     val_fn: Callable,
     export_fn: Callable,
-    method: str = "activation",
+    method: str = DEFAULT_METHOD,
     global_pruning: bool = False,
     imgsz: int = 640,
     epochs: int = 3,

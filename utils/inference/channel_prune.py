@@ -23,6 +23,7 @@ from utils.errors import UsageError
 from utils.log import LOGGER
 
 METHODS = ("l1", "l2", "bn-scale", "activation")
+DEFAULT_METHOD = "activation"  # every --prune-method and method= default
 WIDTHS_KEY = "channel_widths"
 
 
@@ -237,7 +238,7 @@ def _check_prunable(model: nn.Module, ratio: float, method: str) -> None:
 def channel_prune(
     model: nn.Module,
     ratio: float,
-    method: str = "activation",
+    method: str = DEFAULT_METHOD,
     global_pruning: bool = False,
     round_to: int = 16,
     imgsz: int = 256,
@@ -301,10 +302,11 @@ def channel_prune(
     bn_pairs = _bn_scaled_convs(model)  # torch-pruning shrinks these modules in place: the pairs stay valid
     pairs = bn_pairs if method != "bn-scale" else []
     _fold_bn_scale(pairs)
+    bn_of = dict(bn_pairs)
     try:
         for group in pruner.step(interactive=True):
             if stats is not None:
-                _compensate(group, pruner.DG, stats, dict(bn_pairs), scaled=bool(pairs))
+                _compensate(group, pruner.DG, stats, bn_of, scaled=bool(pairs))
             group.prune()
     finally:
         _fold_bn_scale(pairs, undo=True)

@@ -21,6 +21,7 @@ from models.yolo import model_summary
 from utils.devices import cpu_has_native_bf16, image_input
 from utils.errors import UsageError
 from utils.inference.backends import Backend, PyTorchBackend, load_backend
+from utils.inference.channel_prune import DEFAULT_METHOD
 from utils.log import LOGGER
 
 
@@ -42,7 +43,7 @@ class InferenceOptions:
     imgsz: int = 640
     fuse: bool = True
     prune_channels: float = 0.0  # structured: fraction of conv output channels removed (utils.inference.channel_prune)
-    prune_method: str = "activation"  # channel importance: activation, l1, l2 or bn-scale
+    prune_method: str = DEFAULT_METHOD  # channel importance: activation, l1, l2 or bn-scale
     prune_global: bool = False  # one channel ranking over the whole network instead of per layer
     prune_calibration: str | list[str] | None = None  # images whose mean activations compensate removed channels
 
