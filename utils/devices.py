@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +122,17 @@ def speed_line(speed_ms: tuple[float, ...], shape: tuple[int, ...] | None) -> st
 def print_speed(speed_ms: tuple[float, ...], shape: tuple[int, ...] | None) -> None:
     """Log the ``Speed:`` line (``speed_line``)."""
     LOGGER.info(speed_line(speed_ms, shape))
+
+
+def fork_helpers() -> tuple[multiprocessing.context.BaseContext | None, int]:
+    """``(fork context, cores)`` for spreading single-threaded work (plots, dataset generation) over helper
+    processes: the context only on Linux with at least 2 cores, else ``(None, cores)`` and the work runs in this
+    process. Fork, so helpers start without re-importing anything (macOS and Windows default to spawn, and
+    fork is unsafe with macOS's system libraries)."""
+    cores = os.cpu_count() or 1
+    if sys.platform != "linux" or cores < 2:
+        return None, cores
+    return multiprocessing.get_context("fork"), cores
 
 
 def image_input(im, device: torch.device, half: bool = False) -> torch.Tensor:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
+from utils.devices import fork_helpers
 from utils.log import LOGGER
 from utils.metrics import smooth
 
@@ -144,19 +143,18 @@ def draw_in_parallel(in_child: Sequence[Callable[[], object]], here: Sequence[Ca
     in about half the wall time. Sequential where fork is unsafe or unavailable (not Linux) or with one core; if the
     child fails, its calls run again here, so an error is raised as usual.
     """
-    if not in_child or not here or sys.platform != "linux" or (os.cpu_count() or 1) < 2:
+    context, _ = fork_helpers()
+    if not in_child or not here or context is None:
         for call in (*in_child, *here):
             call()
         return
-    import multiprocessing
-
     import matplotlib.backends.backend_agg  # noqa: F401 (imported once, before the fork, for both processes)
 
     def run_all():
         for call in in_child:
             call()
 
-    child = multiprocessing.get_context("fork").Process(target=run_all, daemon=True)
+    child = context.Process(target=run_all, daemon=True)
     child.start()
     for call in here:
         call()

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
@@ -212,15 +210,15 @@ def _write_image(tmp: Path, seed: int, imgsz: int, job: tuple[int, str, int]) ->
 
 
 def _pool():
-    """Forked worker processes, one per core, where fork exists (Linux), else none: every image has its own
+    """Forked worker processes, one per core (``fork_helpers``), else none: every image has its own
     random stream, so the files are the same either way (10-13 ms an image; the default job's 1,000 images took
     12.8 s on one of this project's 2 cores)."""
-    cores = os.cpu_count() or 1
-    if cores < 2 or sys.platform != "linux":
-        return contextlib.nullcontext()  # enters as None: the images are written here
-    import multiprocessing
+    from utils.devices import fork_helpers
 
-    return ProcessPoolExecutor(max_workers=min(cores, 8), mp_context=multiprocessing.get_context("fork"))
+    context, cores = fork_helpers()
+    if context is None:
+        return contextlib.nullcontext()  # enters as None: the images are written here
+    return ProcessPoolExecutor(max_workers=min(cores, 8), mp_context=context)
 
 
 def _swap_into_place(tmp: Path, root: Path) -> None:
