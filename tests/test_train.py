@@ -216,6 +216,23 @@ def test_ddp_two_cpu_processes_train_one_epoch(tiny, tmp_path):
     assert p.stdout.count("Starting training for 1 epochs") == 1  # only rank 0 logs
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_rank0_draws_its_plots_in_a_forked_process_while_the_group_lives(tiny, tmp_path):
+    """With plots, rank 0's final validation forks a process for the confusion matrix (``draw_in_parallel``) while
+    the gloo group and the other rank are alive: every figure is written, both ranks exit cleanly."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
+           "--data", str(tiny), "--weights", "", "--cfg", "yolov5n.yaml", "--img", "64", "--epochs", "1",
+           "--batch-size", "4", "--workers", "0", "--device", "cpu", "--noautoanchor",
+           "--project", str(tmp_path), "--name", "plots"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "plots"
+    # 1 epoch from scratch finds nothing to draw curves of; the mosaics are what the main process draws meanwhile
+    for name in ("confusion_matrix.png", "val_batch0_labels.jpg", "val_batch0_pred.jpg", "results.png"):
+        assert (run / name).stat().st_size > 1000, name
+    assert "plotting process exited" not in p.stdout + p.stderr
+
+
 def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py",
            "--weights", "", "--cfg", "yolov5n.yaml", "--epochs", "1", "--workers", "0", "--device", "cpu",
