@@ -39,6 +39,28 @@ def autopad(k: int | list[int], p: int | None = None, d: int = 1) -> int | list[
     return p
 
 
+class _DenseGradient(torch.autograd.Function):
+    """Identity whose backward hands its gradient on dense, in the memory format of the forward's output.
+
+    The backward of ``torch.cat`` gives each input a channel slice of the output's gradient, which is strided for
+    channels_last tensors, and the CPU kernels of the activations' backward are several times slower on strided
+    input than the copy that makes it dense (bf16 ``silu_backward``, 16x32x96x96: 26 vs 3 ms, the copy 1.2 ms).
+    ``Conv`` inserts it after its activation when it trains on the CPU, where channels_last is the training layout
+    (train mode with autograd on: eval-mode graphs such as channel pruning's trace never see it). The yolov5n
+    training step at 192 px, batch 16, spent 24 ms of ~180 in ``silu_backward``; 13 ms with it, plus 3 ms of copies.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=ctx.memory_format)
+
+
 class Conv(nn.Module):
     """Conv2d (no bias) + BatchNorm2d + SiLU. After ``fuse()`` the BN is folded into the conv."""
 
@@ -61,7 +83,10 @@ class Conv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bn is None:  # fused
             return self.act(self.conv(x))
-        return self.act(self.bn(self.conv(x)))
+        y = self.act(self.bn(self.conv(x)))
+        if self.training and y.requires_grad and y.device.type == "cpu":
+            y = _DenseGradient.apply(y)
+        return y
 
     def fuse(self) -> None:
         """Fold the BatchNorm into the convolution (inference only)."""

@@ -160,3 +160,40 @@ def test_yaml_strings_are_never_evaluated():
 def test_missing_cfg_is_clear():
     with pytest.raises(FileNotFoundError, match="yolov9z.yaml"):
         DetectionModel("yolov9z.yaml")
+
+
+def test_training_conv_hands_dense_gradients_to_its_activation(monkeypatch):
+    """After a concat, each branch's gradient is a strided channel slice (channels_last); the CPU activation
+    backward is several times slower on it, so Conv makes it dense first. Gradients are unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from models import common
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.strided = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.silu_backward:
+                self.strided.append(not args[0].is_contiguous(memory_format=torch.channels_last))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    m = common.C3(8, 16, n=1).train().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def grads(record):
+        m.zero_grad()
+        x.grad = None
+        with record:
+            m(x).square().sum().backward()
+        return [x.grad] + [p.grad for p in m.parameters()]
+
+    dense = grads(rec := Record())
+    assert rec.strided == [False] * 5  # cv3, cv1 and cv2 of the bottleneck, cv2, cv1
+    monkeypatch.setattr(common._DenseGradient, "apply", lambda t: t)  # the plain path
+    plain = grads(rec := Record())
+    assert any(rec.strided)  # what the dense path avoids
+    for a, b in zip(dense, plain):
+        torch.testing.assert_close(a, b)
