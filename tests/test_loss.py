@@ -74,6 +74,27 @@ def test_bbox_ciou_aspect_value():
     assert expected == pytest.approx(0.446752, abs=1e-6)
 
 
+def test_bbox_ciou_of_a_box_without_size_is_finite():
+    """A width/height logit far below zero makes the head's (2 sigmoid)^2 underflow to a box of no size:
+    torchvision's CIoU alone gives atan(0/0) = NaN there, which reached every weight through the gradients."""
+    pred = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 2.0, 0.0], [1.0, 1.0, 2.0, 2.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 1.0, 2.0, 2.0]] * 3)
+    got = bbox_ciou(pred, target)
+    got.sum().backward()
+    assert torch.isfinite(got).all() and torch.isfinite(pred.grad).all()
+    # no size: IoU 0, same centre, v = 4/pi^2 (pi/4)^2 = 1/4, alpha = v / (1 + v): CIoU = -v^2/(1+v) = -0.05
+    assert got[0].item() == pytest.approx(-0.05, abs=1e-4)
+    assert got[2].item() == pytest.approx(1.0, abs=1e-6)  # sizes above the floor are untouched
+
+    logits = make_preds(requires_grad=True)
+    with torch.no_grad():
+        for p in logits:
+            p[..., 2:4] = -200.0  # every predicted box collapses to a point
+    loss, _ = YoloLoss(HYP, ANCHORS, STRIDES, NC)(logits, torch.tensor([[1, 2, 0.3, 0.45, 0.25, 0.25]]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in logits)
+
+
 def test_scale_loss_gains():
     out = scale_loss_gains(HYP, nl=4, nc=20, imgsz=320)
     assert out["box"] == pytest.approx(0.05 * 0.75)

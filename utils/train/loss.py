@@ -23,6 +23,8 @@ _BALANCE_MANY = [4.0, 1.0, 0.25, 0.06, 0.02]
 # (-0.5, 1.5) of a cell.
 _NEIGHBOUR_OFFSETS = [[0, 0], [1, 0], [0, 1], [-1, 0], [0, -1]]
 
+MIN_HEIGHT = 1e-4  # box heights below this are raised to it in bbox_ciou (a box of no size made its CIoU NaN)
+
 
 def smooth_bce_targets(eps: float = 0.0) -> tuple[float, float]:
     """Positive and negative class targets under label smoothing ``eps``: ``(1 - eps/2, eps/2)``."""
@@ -37,7 +39,15 @@ def bbox_ciou(box1: torch.Tensor, box2: torch.Tensor) -> torch.Tensor:
     diagonal squared (+1e-7), aspect term ``v = 4/pi^2 (atan(w2/h2) - atan(w1/h1))^2`` weighted by
     ``alpha = v / (1 - IoU + v + 1e-7)`` computed without gradient. tests/test_loss.py checks it against a
     hand-written formula.
+
+    Heights are raised to at least ``MIN_HEIGHT`` first (YOLOv5 clamps them for the same reason): torchvision
+    divides by them unguarded, so a box of no size (a width/height logit driven far negative, e.g. by a high
+    learning rate, makes ``(2 sigmoid)^2`` underflow to 0) gave ``atan(0 / 0)``: a NaN loss, and NaN gradients
+    in every weight from that step on. The floor is in the caller's units; the loss passes grid cells with centres
+    within (-0.5, 1.5), where float32 keeps 1e-4 through the conversion to corners (a floor of 1e-7 would round
+    away there) and ``w / h^2`` of the aspect term's gradient stays finite.
     """
+    box1, box2 = (torch.cat((b[:, :3], b[:, 3:4].clamp(min=MIN_HEIGHT)), 1) for b in (box1, box2))
     return 1.0 - complete_box_iou_loss(xywh2xyxy(box1), xywh2xyxy(box2), reduction="none", eps=1e-7)
 
 
