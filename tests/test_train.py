@@ -132,6 +132,26 @@ def test_resume_after_interrupt_finishes_the_same_epochs(tiny, tmp_path, capsys)
         train.run(resume=str(last))
 
 
+def test_a_non_finite_loss_skips_its_step_and_warns(tiny, tmp_path, capsys, monkeypatch):
+    """bf16 and fp32 training have no GradScaler to skip a step with NaN gradients: one NaN loss used to turn
+    every weight, and every later loss, into NaN for the rest of the run."""
+    from utils.train import loss as loss_module
+
+    real, calls = loss_module.YoloLoss.__call__, []
+
+    def nan_on_second_batch(self, preds, targets):
+        loss, items = real(self, preds, targets)
+        calls.append(len(calls))
+        return (loss * float("nan"), items) if len(calls) == 2 else (loss, items)
+
+    monkeypatch.setattr(loss_module.YoloLoss, "__call__", nan_on_second_batch)
+    save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, project=tmp_path, name="n", **TINY)
+    captured = capsys.readouterr()
+    assert "epoch 0: 1 optimizer step(s) skipped, their gradients were not finite" in captured.out + captured.err
+    weights = read_checkpoint(save_dir / "weights" / "last.pt")["state_dict"]  # the EMA, after both steps
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
 def test_crash_while_writing_last_pt_leaves_the_previous_one(tiny, tmp_path, monkeypatch):
     real_save, calls = torch.save, []
 

@@ -146,6 +146,7 @@ class TrainJob:
     nb: int = field(init=False)  # batches per epoch
     nw: int = field(init=False)  # warmup iterations
     accumulate: int = 1  # batches per optimizer step (changes during warmup)
+    skipped_steps: int = 0  # optimizer steps skipped for non-finite gradients this epoch (bf16/fp32)
     last_opt_step: int = -1
     maps: np.ndarray = field(init=False)  # per-class mAP50-95 of the last validation
     results: tuple = (0.0,) * 7  # (P, R, mAP50, mAP50-95, val box, obj, cls) of the last validation
@@ -344,6 +345,13 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
                     job.loggers.image(mosaic, ni)
         fire(callbacks, "on_train_batch_end", epoch=epoch, batch=i)
     bar.close()
+    if job.skipped_steps:
+        if job.main:
+            LOGGER.warning(
+                f"WARNING ⚠️ epoch {epoch}: {job.skipped_steps} optimizer step(s) skipped, their gradients were not "
+                f"finite (NaN/inf loss); if this repeats, lower lr0 in --hyp {opt.hyp}"
+            )
+        job.skipped_steps = 0
     lr = [g["lr"] for g in job.optimizer.param_groups]
     job.scheduler.step()
     return mloss, lr
@@ -358,12 +366,17 @@ def _train_step(job: TrainJob, imgs: torch.Tensor, targets: torch.Tensor, ni: in
     job.scaler.scale(loss).backward()
     if ni - job.last_opt_step >= job.accumulate:
         job.scaler.unscale_(job.optimizer)
-        torch.nn.utils.clip_grad_norm_(job.model.parameters(), max_norm=10.0)
-        job.scaler.step(job.optimizer)
-        job.scaler.update()
+        norm = torch.nn.utils.clip_grad_norm_(job.model.parameters(), max_norm=10.0)
+        # fp16's GradScaler skips a step with inf/NaN gradients itself; bf16 and fp32 have no scaler, and one such
+        # step would turn every weight (and so every later loss) into NaN: skip it the same way, and count it
+        if job.scaler.is_enabled() or bool(torch.isfinite(norm)):
+            job.scaler.step(job.optimizer)
+            job.scaler.update()
+            if job.ema is not None:
+                job.ema.update(job.model)
+        else:
+            job.skipped_steps += 1
         job.optimizer.zero_grad()
-        if job.ema is not None:
-            job.ema.update(job.model)
         job.last_opt_step = ni
     return loss_items
 
