@@ -38,11 +38,17 @@ class ModelEMA:
         self.updates += 1
         d = self.decay()
         msd = unwrap(model).state_dict()
+        averaged, current = [], []
         for k, v in self.ema.state_dict().items():
             if k.endswith(MASK_SUFFIX):
                 v.copy_(msd[k])
             elif v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+                averaged.append(v)
+                current.append(msd[k])
+        # one call per operation for all ~350 tensors instead of two each (the same mul_ then add_, bit for bit)
+        if averaged:
+            torch._foreach_mul_(averaged, d)
+            torch._foreach_add_(averaged, current, alpha=1 - d)
 
     def load_plain_state(self, state: dict[str, torch.Tensor], updates: int) -> None:
         """Load a saved (prune-free) EMA state dict, also into a pruned copy (see ``load_plain_state``)."""
