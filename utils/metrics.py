@@ -23,14 +23,14 @@ def _unique_first(matches: np.ndarray, col: int) -> np.ndarray:
     return matches[np.unique(matches[:, col], return_index=True)[1]]
 
 
-def _iou_pairs(iou: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+def _iou_pairs(iou: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Candidate pairs ``[K, 3]`` (label index, detection index, IoU) where ``mask`` [M, N] is set, sorted by IoU desc.
 
-    Pairs are enumerated label-major before the sort, and the sort is numpy's default (unstable) one, so IoU ties
-    resolve exactly as upstream's do.
+    Pairs are enumerated label-major before the sort, and the sort is numpy's default (unstable) one on float32
+    IoUs, so IoU ties resolve exactly as upstream's do.
     """
-    li, di = torch.nonzero(mask, as_tuple=True)
-    matches = torch.stack((li.float(), di.float(), iou[li, di].float()), 1).cpu().numpy()
+    li, di = np.nonzero(mask)
+    matches = np.stack((li.astype(np.float32), di.astype(np.float32), iou[li, di]), 1)
     return matches[matches[:, 2].argsort()[::-1]]
 
 
@@ -47,14 +47,16 @@ def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torc
 
     For each threshold independently, same-class pairs with IoU >= threshold are ranked by IoU; each detection keeps
     its highest-IoU pair, then each label keeps the surviving pair with the lowest detection index (the most
-    confident detection). This two-step order is upstream's and matters for parity.
+    confident detection). This two-step order is upstream's and matters for parity. The IoU matrix is computed
+    once in torch and the ten thresholds are walked in numpy (float32, as before), where each small step costs a
+    fraction of a tensor op's overhead (the shapes job's 200 validation images: 0.41-0.43 -> 0.25-0.31 s).
     """
     n, t = detections.shape[0], iouv.shape[0]
     correct = np.zeros((n, t), dtype=bool)
     if n and labels.shape[0]:
-        iou = box_iou(labels[:, 1:5], detections[:, :4])  # [M, N]
-        same_class = labels[:, 0:1] == detections[:, 5]  # [M, N]
-        for j, thr in enumerate(iouv.tolist()):
+        iou = box_iou(labels[:, 1:5], detections[:, :4]).float().cpu().numpy()  # [M, N]
+        same_class = (labels[:, 0:1] == detections[:, 5]).cpu().numpy()  # [M, N]
+        for j, thr in enumerate(iouv.float().cpu().numpy()):
             mask = (iou >= thr) & same_class
             if not mask.any():
                 continue
@@ -279,7 +281,7 @@ class ConfusionMatrix:
         """One-to-one (label, detection, IoU) pairs [K, 3] with IoU > ``iou_thres``, greedy by IoU."""
         if not len(detections) or not len(labels):
             return np.zeros((0, 3))
-        iou = box_iou(labels[:, 1:5], detections[:, :4])
+        iou = box_iou(labels[:, 1:5], detections[:, :4]).float().cpu().numpy()
         matches = _iou_pairs(iou, iou > self.iou_thres)
         if len(matches) > 1:
             matches = _unique_first(matches, 1)  # best label per detection
