@@ -40,3 +40,20 @@ def test_make_loader_sees_dataset_changes_and_drops_partial_quads(tmp_path):
     batches = list(loader)
     assert len(batches) == 1 and batches[0][0].shape == (1, 3, 128, 128)  # 6 images: one quad, 2 dropped
     assert all(s is not None for s in batches[0][3])  # letterboxed items carry their shapes; mosaics do not
+
+
+def test_loader_workers_run_opencv_on_their_own_thread():
+    """Each worker's OpenCV pool (one thread per core) competed with the training step for the cores."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import cv2; from utils.data.datasets import seed_worker; before = cv2.getNumThreads(); seed_worker(0); "
+        "print(before, cv2.getNumThreads())"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
+    before, after = map(int, out.stdout.split())
+    assert after == 1 and (before > 1 or os.cpu_count() == 1)  # a pool of threads, then OpenCV's own loop only
