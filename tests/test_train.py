@@ -253,6 +253,33 @@ def test_ddp_rank0_draws_its_plots_in_a_forked_process_while_the_group_lives(tin
     assert "plotting process exited" not in p.stdout + p.stderr
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tiny, tmp_path):
+    """DDP averages the gradients, so rank 1's NaN loss reaches both ranks: both must skip that step (a rank that
+    stepped alone would leave the replicas apart); rank 0 warns once and the saved weights are finite."""
+    script = tmp_path / "nan_on_rank1.py"
+    script.write_text(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "import train\n"
+        "from utils.train import loss\n"
+        "real, calls = loss.YoloLoss.__call__, []\n"
+        "def first_batch_nan_on_rank1(self, preds, targets):\n"
+        "    value, items = real(self, preds, targets)\n"
+        "    calls.append(1)\n"
+        "    return (value * float('nan'), items) if os.environ['RANK'] == '1' and len(calls) == 1 else (value, items)\n"
+        "loss.YoloLoss.__call__ = first_batch_nan_on_rank1\n"
+        f"train.run(data={str(tiny)!r}, weights='', cfg='yolov5n.yaml', epochs=1, imgsz=64, batch_size=4, workers=0,\n"
+        f"          device='cpu', noautoanchor=True, noplots=True, project={str(tmp_path)!r}, name='nan')\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    p = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert (p.stdout + p.stderr).count("epoch 0: 1 optimizer step(s) skipped") == 1
+    weights = read_checkpoint(tmp_path / "nan" / "weights" / "last.pt")["state_dict"]
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
 def torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "train.py",
            "--weights", "", "--cfg", "yolov5n.yaml", "--epochs", "1", "--workers", "0", "--device", "cpu",
