@@ -31,10 +31,8 @@ from utils.options import (
 
 # ``python train.py`` with no --data: a job that needs no download and no GPU. A YOLOv5n from scratch on the
 # synthetic shapes dataset, trained at 192 px and validated at the dataset's native 256 px, with AdamW and an
-# optimizer step every batch of 16 (data/hyps/hyp.shapes.yaml: scale jitter +-25%, final rate 0.1 x lr0), mosaic off
-# for the last 5 of 34 epochs. On this project's 2 CPU cores it takes 3.5-9.5 minutes (by machine) for mAP50
-# 0.926-0.937 over seeds 0-4 (0.899-0.936 with hyp.scratch-low's scale 0.5 and lrf 0.01); 30 and 32 epochs
-# ranged 0.905-0.932 and 0.893-0.933 (README, Training).
+# optimizer step every batch of 16 (data/hyps/hyp.shapes.yaml, whose header says why each rate), mosaic off for the
+# last 5 of 34 epochs. Times by machine and the seed study behind 34 epochs: README, Training.
 SHAPES_JOB = {
     "data": "data/shapes.yaml",
     "weights": "",
