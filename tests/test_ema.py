@@ -30,6 +30,32 @@ def test_decay_ramp_and_update_formula():
     assert ema.decay() == pytest.approx(0.9999)
 
 
+def test_updates_follow_in_place_training_bit_for_bit_and_a_resumed_state():
+    """The EMA keeps the model's tensor lists after its first update: later optimizer steps, a second model object
+    and a loaded (resumed) state are all followed, with YOLOv5's mul-then-add arithmetic exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+    ema = ModelEMA(model, tau=3)
+    ref = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for _ in range(4):
+        model(torch.rand(2, 2, 5, 5)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update(model)
+        d = ema.decay()
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                ref[k].mul_(d).add_(v, alpha=1 - d)
+    assert all(torch.equal(ema.ema.state_dict()[k], ref[k]) for k in ref)
+    other = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+    ema.update(other)  # another model object: its own tensors, not the cached ones
+    d = ema.decay()
+    assert torch.equal(ema.ema[0].weight, ref["0.weight"].mul(d).add_(other[0].weight.detach(), alpha=1 - d))
+    ema.load_plain_state(plain_state_dict(model), updates=0)
+    assert torch.equal(ema.ema[0].weight, model[0].weight) and ema.decay() == 0.0
+
+
 def test_pruned_model_average_keeps_its_zeros():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3))

@@ -106,6 +106,60 @@ def test_official_weights_on_coco_images(coco8, yolov5n_pt, tmp_path, capsys):
     assert load_model(save_dir / "weights" / "best.pt").names[0] == "person"
 
 
+def test_each_epoch_is_validated_as_its_checkpoint_loads(coco8, yolov5n_pt, tmp_path, monkeypatch):
+    """Per-epoch validation runs a Conv+BN-fused copy of the EMA, as val.py and the final validation load best.pt:
+    the epoch's row is the final figures, and the EMA itself stays unfused. Training keeps its freed heap."""
+    import utils.evaluate
+
+    trims = []
+    monkeypatch.setattr(utils.evaluate, "release_free_memory", lambda: trims.append(1))
+    per_epoch, final = [], []
+    callbacks = {
+        "on_fit_epoch_end": [lambda epoch, results, fitness: per_epoch.append(results)],
+        "on_train_end": [lambda save_dir, results: final.append(results)],
+    }
+    save_dir = train.run(data=str(coco8), weights=str(yolov5n_pt), epochs=1, project=tmp_path, name="fused",
+                         callbacks=callbacks, **{**TINY, "imgsz": [160], "batch_size": 8})  # fmt: skip
+    assert len(per_epoch) == 1 and per_epoch[0][2] > 0.2  # COCO weights on COCO images: a real mAP50
+    assert per_epoch[0][:4] == final[0][:4]  # P, R, mAP50, mAP50-95 of best.pt as it loads
+    assert trims == []
+    assert "model.0.bn.weight" in read_checkpoint(save_dir / "weights" / "best.pt")["state_dict"]
+
+
+def test_fused_copy_leaves_the_model_and_skips_pruned_ones():
+    from models.yolo import DetectionModel
+    from utils.inference.prune import global_l1_prune
+    from utils.train.trainer import fused_copy
+
+    model = DetectionModel("yolov5n.yaml").eval()
+    fused = fused_copy(model)
+    assert fused is not model and model.model[0].bn is not None and fused.model[0].bn is None
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.allclose(fused(x)[0], model(x)[0], rtol=1e-3, atol=1e-3)
+    global_l1_prune(model, 0.3)
+    assert fused_copy(model) is model  # its masks are forward hooks on the unfused convs
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0])
+def test_clip_gradients_is_clip_grad_norm_bit_for_bit(scale):
+    """Below max_norm (norm 4) the gradients are left as they are; above it (407) they are scaled as torch does."""
+    from utils.train.trainer import clip_gradients
+
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.rand(2, 3, 8, 8)
+    for m in models:
+        (m(x).square().sum() * scale).backward()
+    expected = torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_norm=10.0)
+    norm = clip_gradients(models[1], max_norm=10.0)
+    assert torch.equal(norm, expected) and (float(norm) > 10) == (scale == 1)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a.grad, b.grad)
+    if scale == 1:
+        assert float(torch.nn.utils.get_total_norm([p.grad for p in models[1].parameters()])) == pytest.approx(10.0)
+
+
 def test_resume_after_interrupt_finishes_the_same_epochs(tiny, tmp_path, capsys):
     def interrupt(epoch, batch):
         if epoch == 1 and batch == 1:

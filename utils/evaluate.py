@@ -143,6 +143,7 @@ class EvalOptions:
     save_conf: bool = False
     save_json: bool = False
     coco_ids: bool = False  # predictions use COCO's 91 category ids and numeric image ids
+    release_memory: bool = True  # hand the freed heap back to the OS at the end (a training loop keeps it)
 
 
 def coco_image_id(path: str) -> int | str:
@@ -234,7 +235,8 @@ def evaluate(
             mosaics.append(partial(plot_images, shown, targets.cpu(), paths, f"{file}_labels.jpg", names))
             mosaics.append(partial(plot_images, shown, pred_targets, paths, f"{file}_pred.jpg", names))
     bar.close()
-    release_free_memory()  # the last batch's activations: training goes on without them
+    if opts.release_memory:  # val.py: the last batch's activations are not needed again
+        release_free_memory()
 
     result = EvalResult(seen=seen, shape=shape)
     result.losses = tuple((loss.cpu() / max(len(dataloader), 1)).tolist())

@@ -27,6 +27,7 @@ class ModelEMA:
         self.ema = copy.deepcopy(unwrap(model)).eval()
         self.updates = updates
         self.decay_max, self.tau = decay, tau
+        self._pairs: tuple | None = None  # (model, *_tensor_lists(model)) of the last update
         for p in self.ema.parameters():
             p.requires_grad_(False)
 
@@ -37,23 +38,39 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.decay()
-        msd = unwrap(model).state_dict()
-        averaged, current = [], []
-        for k, v in self.ema.state_dict().items():
-            if k.endswith(MASK_SUFFIX):
-                v.copy_(msd[k])
-            elif v.dtype.is_floating_point:
-                averaged.append(v)
-                current.append(msd[k])
+        if self._pairs is None or self._pairs[0] is not model:
+            self._pairs = (model, *self._tensor_lists(unwrap(model)))
+        _, averaged, current, masks, model_masks = self._pairs
+        for v, m in zip(masks, model_masks):
+            v.copy_(m)
         # one call per operation for all ~350 tensors instead of two each (the same mul_ then add_, bit for bit)
         if averaged:
             torch._foreach_mul_(averaged, d)
             torch._foreach_add_(averaged, current, alpha=1 - d)
 
+    def _tensor_lists(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(EMA tensors to average, the model's matching tensors, EMA masks, the model's masks), by state-dict key.
+
+        Built on the first update and kept: the model's tensors are changed in place (optimizer steps,
+        ``load_state_dict``), never replaced, and two ``state_dict`` calls cost more than the averaging itself on
+        a small model (yolov5n: 1.3 of 4.8 ms a step on 2 CPU cores, 5.7 of 8.2 ms while loader workers share them).
+        """
+        msd = model.state_dict()
+        averaged, current, masks, model_masks = [], [], [], []
+        for k, v in self.ema.state_dict().items():
+            if k.endswith(MASK_SUFFIX):
+                masks.append(v)
+                model_masks.append(msd[k])
+            elif v.dtype.is_floating_point:
+                averaged.append(v)
+                current.append(msd[k])
+        return averaged, current, masks, model_masks
+
     def load_plain_state(self, state: dict[str, torch.Tensor], updates: int) -> None:
         """Load a saved (prune-free) EMA state dict, also into a pruned copy (see ``load_plain_state``)."""
         load_plain_state(self.ema, state)
         self.updates = updates
+        self._pairs = None
 
 
 def detach_pruned_weights(model: nn.Module) -> None:

@@ -10,6 +10,7 @@ torchvision's references: ``setup`` builds a ``TrainJob``, then per epoch ``trai
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import random
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.nn.utils import prune
 from tqdm import tqdm
 
 from utils.checkpoints import save_atomic
@@ -104,7 +106,9 @@ def validate(
     ``amp_dtype``: the training's autocast type (--amp), used for validation too, as YOLOv5 validates in half
     precision on CUDA: bf16 on the default CPU job takes 200 images at 256 px from 3.4 to 2.4 s per epoch.
     """
-    opts = EvalOptions(conf_thres=0.001, iou_thres=0.6, single_cls=opt.single_cls, plots=plots, verbose=verbose)
+    opts = EvalOptions(
+        conf_thres=0.001, iou_thres=0.6, single_cls=opt.single_cls, plots=plots, verbose=verbose, release_memory=False
+    )  # fmt: skip
     amp = torch.autocast(device.type, amp_dtype or torch.float32, enabled=amp_dtype is not None)
     with torch.no_grad(), amp:
         result, _ = evaluate(model, loader, names, device, opts, save_dir if plots else None, compute_loss)
@@ -366,7 +370,7 @@ def _train_step(job: TrainJob, imgs: torch.Tensor, targets: torch.Tensor, ni: in
     job.scaler.scale(loss).backward()
     if ni - job.last_opt_step >= job.accumulate:
         job.scaler.unscale_(job.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(job.model.parameters(), max_norm=10.0)
+        norm = clip_gradients(job.model, max_norm=10.0)
         # fp16's GradScaler skips a step with inf/NaN gradients itself; bf16 and fp32 have no scaler, and one such
         # step would turn every weight (and so every later loss) into NaN: skip it the same way, and count it
         if job.scaler.is_enabled() or bool(torch.isfinite(norm)):
@@ -381,13 +385,27 @@ def _train_step(job: TrainJob, imgs: torch.Tensor, targets: torch.Tensor, ni: in
     return loss_items
 
 
+def clip_gradients(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_``: returns the total gradient norm and scales the gradients down to ``max_norm`` when above.
+
+    On the CPU the scaling is skipped when it would multiply by 1 (the same gradients, bit for bit): the norm is
+    already a host value there, and the ~180 multiplications cost 1.5 of the 2.4 ms of a yolov5n step's clipping.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if norm.device.type != "cpu" or float(max_norm / (norm + 1e-6)) < 1.0:  # clip_grads_with_norm_'s factor
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 def end_of_epoch(job: TrainJob, epoch: int, mloss: torch.Tensor, lr: list, callbacks: Callbacks | None = None) -> bool:
     """Rank 0 after each epoch: validate the EMA, log results.csv, save last/best/epochN.pt; True means stop."""
     opt, stopper = job.opt, job.stopper
     final_epoch = epoch + 1 == opt.epochs or stopper.possible_stop
     if not opt.noval or final_epoch:
         job.results, job.maps = validate(
-            job.ema.ema, job.val_loader, job.names, job.device, job.compute_loss, opt, amp_dtype=job.amp_dtype
+            fused_copy(job.ema.ema), job.val_loader, job.names, job.device, job.compute_loss, opt,
+            amp_dtype=job.amp_dtype,
         )  # fmt: skip
     fi = float(fitness(np.array(job.results).reshape(1, -1))[0])
     stop = stopper(epoch, fi)  # the stopper keeps the best fitness and epoch (ties count as the newer epoch)
@@ -399,6 +417,15 @@ def end_of_epoch(job: TrainJob, epoch: int, mloss: torch.Tensor, lr: list, callb
         _save_checkpoints(job, epoch)
     fire(callbacks, "on_fit_epoch_end", epoch=epoch, results=job.results, fitness=fi)
     return stop
+
+
+def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with each BatchNorm folded into its conv, for validation: the arithmetic of the saved
+    checkpoint as ``val.py`` and the final validation load it, and a faster pass (the default job on the CPU: 1.1-1.2
+    -> 0.9-1.0 s per epoch). A pruned model (``--prune``: masks applied by forward hooks) is returned as it is."""
+    if prune.is_pruned(model) or not hasattr(model, "fuse"):
+        return model
+    return copy.deepcopy(model).fuse(verbose=False)
 
 
 def _save_checkpoints(job: TrainJob, epoch: int) -> None:
