@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from utils.options import run_cli
-from utils.train.hyps import HYP_KEYS, HYP_LIMITS, HypError, load_hyp, mutate_hyp
+from utils.train.hyps import HYP_KEYS, HYP_LIMITS, HypError, hyp_value, load_hyp, mutate_hyp
 
 HYPS = Path(__file__).resolve().parents[1] / "data" / "hyps"
 
@@ -51,7 +51,7 @@ def test_keys_are_the_28_yolov5_keys_in_order():
 @pytest.mark.parametrize("name", ["scratch-low", "scratch-med", "scratch-high", "no-augmentation", "shapes"])
 def test_shipped_files_load_in_key_order_as_floats(name):
     hyp = load_hyp(HYPS / f"hyp.{name}.yaml")
-    assert tuple(hyp) == HYP_KEYS
+    assert tuple(hyp) == ((*HYP_KEYS, "ema_decay", "ema_tau") if name == "shapes" else HYP_KEYS)
     assert all(type(v) is float for v in hyp.values())
     assert (HYPS / f"hyp.{name}.yaml").read_text().startswith("# ")  # each file explains itself
 
@@ -96,7 +96,19 @@ def test_dict_input_and_number_strings():
         load_hyp({**SCRATCH_LOW, "momentum": "fast"})
 
 
-@pytest.mark.parametrize(("key", "value"), [("lr0", 0.0), ("fliplr", 1.5), ("mosaic", -0.1), ("hsv_s", 2.0)])
+def test_optional_ema_keys_load_after_the_yolov5_keys_and_default_to_yolov5s():
+    hyp = load_hyp({**SCRATCH_LOW, "ema_tau": 100, "ema_decay": "0.99"})
+    assert tuple(hyp) == (*HYP_KEYS, "ema_decay", "ema_tau") and hyp["ema_decay"] == 0.99 and hyp["ema_tau"] == 100
+    plain = load_hyp(SCRATCH_LOW)
+    assert tuple(plain) == HYP_KEYS  # nothing added: a YOLOv5 hyp round-trips as it is
+    assert (hyp_value(plain, "ema_decay"), hyp_value(plain, "ema_tau")) == (0.9999, 2000.0)
+    assert hyp_value(hyp, "ema_decay") == 0.99
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("lr0", 0.0), ("fliplr", 1.5), ("mosaic", -0.1), ("hsv_s", 2.0), ("ema_decay", 1.0), ("ema_tau", 0.0)],
+)
 def test_out_of_range(key, value):
     with pytest.raises(ValueError, match=f"{key}={value} is out of range"):
         load_hyp({**SCRATCH_LOW, key: value})

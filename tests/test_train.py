@@ -160,6 +160,18 @@ def test_clip_gradients_is_clip_grad_norm_bit_for_bit(scale):
         assert float(torch.nn.utils.get_total_norm([p.grad for p in models[1].parameters()])) == pytest.approx(10.0)
 
 
+def test_hyp_ema_decay_reaches_the_weight_average(tiny, tmp_path):
+    """``ema_decay: 0`` in the hyp file: the average is the last weights themselves (saved as state_dict)."""
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text(yaml.safe_dump({**load_hyp(REPO / "data" / "hyps" / "hyp.scratch-low.yaml"), "ema_decay": 0.0}))
+    save_dir = train.run(data=str(tiny), weights="", cfg="yolov5n.yaml", epochs=1, project=tmp_path, name="ema",
+                         hyp=str(hyp), save_period=1, **TINY)  # fmt: skip
+    ck = read_checkpoint(save_dir / "weights" / "epoch0.pt")
+    assert ck["hyp"]["ema_decay"] == 0.0
+    ema, raw = ck["state_dict"], ck["train_state_dict"]
+    assert all(torch.equal(ema[k], raw[k]) for k in raw if raw[k].dtype.is_floating_point)
+
+
 def test_resume_after_interrupt_finishes_the_same_epochs(tiny, tmp_path, capsys):
     def interrupt(epoch, batch):
         if epoch == 1 and batch == 1:

@@ -14,7 +14,7 @@ class HypError(UserError):
     """A hyp YAML with unknown or missing keys or a bad value; the message is one line naming the file."""
 
 
-# Every hyp file holds exactly these keys, in this order (the order of data/hyps/*.yaml).
+# Every hyp file holds these keys, in this order (the order of data/hyps/*.yaml), and may add OPTIONAL_HYP_KEYS.
 HYP_KEYS: tuple[str, ...] = (
     "lr0",
     "lrf",
@@ -45,6 +45,19 @@ HYP_KEYS: tuple[str, ...] = (
     "mixup",
     "copy_paste",
 )
+
+# Keys beyond YOLOv5's that a hyp file may hold, with the values training uses without them (YOLOv5's). They are
+# not evolved, and a file without them loads as it is (no keys added), so YOLOv5's hyp files round-trip unchanged.
+OPTIONAL_HYP_KEYS: dict[str, float] = {
+    "ema_decay": 0.9999,  # final decay of the weights' moving average (ModelEMA): it averages ~1 / (1 - d) updates
+    "ema_tau": 2000.0,  # updates over which that decay ramps up from 0
+}
+
+
+def hyp_value(hyp: dict[str, float], key: str) -> float:
+    """``hyp[key]``, or the default of an optional key the hyp leaves out."""
+    return hyp.get(key, OPTIONAL_HYP_KEYS[key])
+
 
 # key: (mutation gain, lower bound, upper bound) for evolution. Gain 0 freezes a key: iou_t is not used by the
 # anchor-ratio assignment, fl_gamma switches the loss type, and perspective/fliplr are rarely worth searching.
@@ -85,7 +98,8 @@ _NON_NEGATIVE = ("weight_decay", "warmup_epochs", "warmup_bias_lr", "box", "cls"
 
 
 def load_hyp(path_or_dict: str | Path | dict) -> dict[str, float]:
-    """Read a hyp YAML (or check a dict) and return ``{key: float}`` in ``HYP_KEYS`` order.
+    """Read a hyp YAML (or check a dict) and return ``{key: float}`` in ``HYP_KEYS`` order (then the optional keys
+    it holds, ``OPTIONAL_HYP_KEYS``).
 
     Raises:
         HypError: one line naming the source and the unknown or missing keys, a value that is not a number,
@@ -99,13 +113,13 @@ def load_hyp(path_or_dict: str | Path | dict) -> dict[str, float]:
             raw = yaml.safe_load(f) or {}
         if not isinstance(raw, dict):
             raise HypError(f"{source}: expected a mapping of hyperparameters, got {type(raw).__name__}")
-    unknown = [k for k in raw if k not in HYP_KEYS]
+    unknown = [k for k in raw if k not in HYP_KEYS and k not in OPTIONAL_HYP_KEYS]
     missing = [k for k in HYP_KEYS if k not in raw]
     if unknown or missing:
         parts = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
         raise HypError(f"{source}: {'; '.join(parts)}")
     hyp = {}
-    for k in HYP_KEYS:
+    for k in (*HYP_KEYS, *(k for k in OPTIONAL_HYP_KEYS if k in raw)):
         try:
             hyp[k] = float(raw[k])  # also accepts '5e-4', which PyYAML reads as a string
         except (TypeError, ValueError):
@@ -132,6 +146,10 @@ def _check_ranges(hyp: dict[str, float], source: str) -> None:
         fail("scale", "0 <= scale < 1")
     if not 0 <= hyp["perspective"] <= 0.001:
         fail("perspective", "0 <= perspective <= 0.001")
+    if not 0 <= hyp_value(hyp, "ema_decay") < 1:
+        fail("ema_decay", "0 <= ema_decay < 1")
+    if not hyp_value(hyp, "ema_tau") > 0:
+        fail("ema_tau", "ema_tau > 0")
 
 
 def mutate_hyp(

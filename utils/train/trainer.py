@@ -34,6 +34,7 @@ from utils.log import LOGGER
 from utils.metrics import fitness
 from utils.train import dist
 from utils.train.ema import ModelEMA
+from utils.train.hyps import hyp_value
 from utils.train.loggers import TrainLoggers
 from utils.train.loss import YoloLoss, scale_loss_gains
 from utils.train.optim import (
@@ -245,7 +246,7 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
         if not opt.noautoanchor:
             run_autoanchor(model, dataset, hyp["anchor_t"], imgsz)
     model.names = names
-    ema = ModelEMA(model) if main else None
+    ema = ModelEMA(model, hyp_value(hyp, "ema_decay"), hyp_value(hyp, "ema_tau")) if main else None
     start_epoch, best_fitness, best_epoch = _resume_state(ckpt, optimizer, ema, opt) if resume else (0, 0.0, 0)
     del ckpt
     scheduler.last_epoch = start_epoch - 1
