@@ -188,7 +188,7 @@ def release_free_memory() -> None:
     ``evaluate`` returns them when a ``val.py`` pass ends. Not after every batch: the next batch then pays to fault
     the pages in again (``val.py --half`` at 640: 30.7 vs 21.1 ms per image); nor after a training epoch's
     validation (``EvalOptions.release_memory``), whose next epoch would fault its activations in again (the default
-    job: 3.9 M page faults with it, 1.9 M without, for 1.44 vs 1.60 GB peak RSS).
+    job: 3.9 M page faults with it, 1.9 M without, for 1.44 vs 1.60-1.64 GB peak RSS).
     """
     libc = _glibc()
     if libc is not None:
