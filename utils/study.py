@@ -57,13 +57,11 @@ def model_cost(models: Sequence[nn.Module], imgsz: int) -> tuple[int, float]:
     Published YOLOv5 figures (yolov5n 4.5, yolov5s 16.5 GFLOPs at 640) are for fused models; unfused BatchNorms
     add about 2%.
     """
-    from models.yolo import model_flops
+    from models.yolo import fused_copy, model_flops
 
     params, gflops = 0, 0.0
     for m in models:
-        fused = copy.deepcopy(m).float().eval()
-        if hasattr(fused, "fuse"):
-            fused.fuse(verbose=False)
+        fused = fused_copy(m).float().eval()
         params += sum(p.numel() for p in fused.parameters())
         gflops += model_flops(fused, imgsz)
     return params, gflops

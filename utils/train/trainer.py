@@ -10,7 +10,6 @@ torchvision's references: ``setup`` builds a ``TrainJob``, then per epoch ``trai
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import random
 import time
@@ -22,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.nn.utils import prune
 from tqdm import tqdm
 
+from models.yolo import fused_copy
 from utils.checkpoints import save_atomic
 from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader, label_stats, make_loader
@@ -418,15 +417,6 @@ def end_of_epoch(job: TrainJob, epoch: int, mloss: torch.Tensor, lr: list, callb
         _save_checkpoints(job, epoch)
     fire(callbacks, "on_fit_epoch_end", epoch=epoch, results=job.results, fitness=fi)
     return stop
-
-
-def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` with each BatchNorm folded into its conv, for validation: the arithmetic of the saved
-    checkpoint as ``val.py`` and the final validation load it, and a faster pass (the default job on the CPU: 1.1-1.2
-    -> 0.9-1.0 s per epoch). A pruned model (``--prune``: masks applied by forward hooks) is returned as it is."""
-    if prune.is_pruned(model) or not hasattr(model, "fuse"):
-        return model
-    return copy.deepcopy(model).fuse(verbose=False)
 
 
 def _save_checkpoints(job: TrainJob, epoch: int) -> None:
