@@ -114,3 +114,23 @@ def test_classes_stay_apart_when_boxes_reach_past_the_top_left_corner():
     p = _cand([[650, 650, 100, 100], [-49.5, -49.5, 101, 101]], [0.9, 0.8], [[1.0, 0.0], [0.0, 1.0]])
     out = non_max_suppression(p, 0.25, 0.45)[0]
     assert out.shape[0] == 2 and sorted(out[:, 5].tolist()) == [0.0, 1.0]
+
+
+def test_large_prefixes_run_per_class_with_the_single_call_result():
+    """From PER_CLASS_NMS candidates NMS runs class by class (an untrained model's validation: 1.9 -> 0.9 s): the
+    kept indices, their order included, are those of the single offset call, also with tied (bf16-like) scores."""
+    from utils import nms as nms_module
+
+    gen = torch.Generator().manual_seed(3)
+    n = 5000
+    xy = torch.rand(n, 2, generator=gen) * 200
+    box = torch.cat((xy, xy + torch.rand(n, 2, generator=gen) * 40 + 4), 1)
+    conf = (torch.rand(n, generator=gen) * 64).floor() / 64  # 64 distinct values: many ties
+    cls = torch.randint(0, 5, (n, 1), generator=gen).float()
+    order = conf.argsort(descending=True)
+    det = torch.cat((box, conf[:, None], cls), 1)[order]
+    assert n >= nms_module.PER_CLASS_NMS
+    per_class = nms_module._class_aware_nms(det, 0.5, agnostic=False)
+    single = nms_module._nms_kernel()(det[:, :4] + det[:, 5:6] * 1000, det[:, 4], 0.5)
+    assert 500 < per_class.numel() < n
+    assert torch.equal(per_class, single)

@@ -95,17 +95,36 @@ def _greedy_keep(det: torch.Tensor, iou_thres: float, max_det: int, agnostic: bo
     """
     n = det.shape[0]
     k = min(n, max(1024, 4 * max_det))
-    nms = _nms_kernel()
     while True:
-        d = det[:k]
-        boxes = d[:, :4]
-        if not agnostic:  # classes never suppress each other: each is moved to its own region of the plane, one
-            # span of the coordinates apart (boxes reaching past the image's top-left have negative ones)
-            boxes = boxes + d[:, 5:6] * (boxes.max() - boxes.min() + 1)
-        keep = nms(boxes, d[:, 4], iou_thres)
+        keep = _class_aware_nms(det[:k], iou_thres, agnostic)
         if k == n or keep.numel() >= max_det:
             return keep[:max_det]
         k = min(n, 4 * k)
+
+
+PER_CLASS_NMS = 2048  # candidates from which NMS runs class by class
+
+
+def _class_aware_nms(det: torch.Tensor, iou_thres: float, agnostic: bool) -> torch.Tensor:
+    """NMS over ``det`` (Tensor[n, 6] xyxy, conf, cls sorted by descending confidence): kept indices, in order.
+
+    Classes never suppress each other. Up to ``PER_CLASS_NMS`` candidates one kernel call does it, each class moved
+    to its own region of the plane (one span of the coordinates apart: boxes reaching past the image's top-left
+    have negative ones); above, the kernel's quadratic cost makes one call per class several times cheaper (an
+    early-epoch model's 4,800-candidate prefixes with 5 classes: 1.9 s of a 3.7 s validation before). The kernel
+    sorts scores stably, so both ways visit a class's boxes in ``det``'s order: kept indices sorted ascending are in
+    confidence order.
+    """
+    nms = _nms_kernel()
+    boxes, scores = det[:, :4], det[:, 4]
+    if agnostic:
+        return nms(boxes, scores, iou_thres)
+    if det.shape[0] < PER_CLASS_NMS:
+        return nms(boxes + det[:, 5:6] * (boxes.max() - boxes.min() + 1), scores, iou_thres)
+    cls = det[:, 5]
+    groups = ((cls == c).nonzero()[:, 0] for c in cls.unique())
+    keep = [idx[nms(boxes[idx], scores[idx], iou_thres)] for idx in groups]
+    return torch.cat(keep).sort().values
 
 
 @functools.cache
