@@ -45,7 +45,8 @@ class YoloDataset(Dataset):
 
     Each item is ``(image Tensor[3, H, W] uint8 RGB, labels Tensor[n, 6] (0, cls, x, y, w, h) normalised to the
     returned image, path, shapes)`` where ``shapes`` is ``((h0, w0), ((h / h0, w / w0), (pad_w, pad_h)))`` for
-    mapping boxes back to the original image (None for mosaics).
+    mapping boxes back to the original image (None for mosaics). Augmented (training) images are laid out HWC in
+    memory (channels_last strides) and ``collate_fn`` stacks them into a channels_last batch.
     """
 
     def __init__(
@@ -170,15 +171,22 @@ class YoloDataset(Dataset):
         out = torch.zeros((nl, 6))
         if nl:
             out[:, 1:] = torch.from_numpy(np.ascontiguousarray(labels[:, :5]))
-        im = np.ascontiguousarray(im.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
-        return torch.from_numpy(im), out, self.im_files[index], shapes
+        if self.augment:  # training: CHW RGB laid out HWC (channels_last, the layout the CPU trains in): no transpose
+            chw = torch.from_numpy(cv2.cvtColor(im, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+        else:
+            chw = torch.from_numpy(np.ascontiguousarray(im.transpose((2, 0, 1))[::-1]))  # HWC BGR -> CHW RGB
+        return chw, out, self.im_files[index], shapes
 
     @staticmethod
     def collate_fn(batch):
         ims, labels, paths, shapes = zip(*batch)
         for i, lb in enumerate(labels):
             lb[:, 0] = i
-        return torch.stack(ims, 0), torch.cat(labels, 0), list(paths), list(shapes)
+        if ims[0].stride(0) == 1:  # channels_last images (training) stack into a channels_last batch, no transpose
+            batch = torch.stack([im.permute(1, 2, 0) for im in ims]).permute(0, 3, 1, 2)
+        else:
+            batch = torch.stack(ims, 0)
+        return batch, torch.cat(labels, 0), list(paths), list(shapes)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -326,13 +326,12 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
     job.optimizer.zero_grad()
     for i, (imgs, targets, paths, _) in enumerate(bar):
         ni = i + job.nb * epoch
-        imgs = imgs.to(device, non_blocking=True).float() / 255
+        imgs = imgs.to(device, non_blocking=True).float().div_(255)  # keeps the loader's channels_last layout
         if ni <= job.nw:
             job.accumulate = warmup(job.optimizer, ni, job.nw, job.lf(epoch), job.hyp, job.batch_size, opt.nbs)
         if opt.multi_scale:
             imgs = _random_rescale(imgs, job.imgsz, job.gs)
-        if job.channels_last:
-            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        imgs = imgs.contiguous(memory_format=torch.channels_last if job.channels_last else torch.contiguous_format)
         loss_items = _train_step(job, imgs, targets, ni)
         if job.main:
             mloss = (mloss * i + loss_items) / (i + 1)
