@@ -32,13 +32,13 @@ from utils.options import (
 # ``python train.py`` with no --data: a job that needs no download and no GPU. A YOLOv5n from scratch on the
 # synthetic shapes dataset, trained at 192 px and validated at the dataset's native 256 px, with AdamW and an
 # optimizer step every batch of 16 (data/hyps/hyp.shapes.yaml, whose header says why each rate), mosaic off for the
-# last 5 of 34 epochs. Times by machine and the seed study behind 34 epochs: README, Training.
+# last 5 of 30 epochs. Times by machine and the seed study behind 30 epochs: README, Training.
 SHAPES_JOB = {
     "data": "data/shapes.yaml",
     "weights": "",
     "cfg": "yolov5n.yaml",
     "hyp": "data/hyps/hyp.shapes.yaml",
-    "epochs": 34,
+    "epochs": 30,
     "batch_size": 16,
     "imgsz": [192, 256],
     "cache": "ram",
