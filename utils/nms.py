@@ -109,19 +109,20 @@ def _class_aware_nms(det: torch.Tensor, iou_thres: float, agnostic: bool) -> tor
     """NMS over ``det`` (Tensor[n, 6] xyxy, conf, cls sorted by descending confidence): kept indices, in order.
 
     Classes never suppress each other. Up to ``PER_CLASS_NMS`` candidates one kernel call does it, each class moved
-    to its own region of the plane (one span of the coordinates apart: boxes reaching past the image's top-left
-    have negative ones); above, the kernel's quadratic cost makes one call per class several times cheaper (an
-    early-epoch model's 4,800-candidate prefixes with 5 classes: 1.9 s of a 3.7 s validation before). The kernel
-    sorts scores stably, so both ways visit a class's boxes in ``det``'s order: kept indices sorted ascending are in
-    confidence order.
+    to its own region of the plane (a whole number of spans of the coordinates apart: boxes reaching past the image's
+    top-left have negative ones); above, the kernel's quadratic cost makes one call per class several times cheaper
+    (an early-epoch model's 4,800-candidate prefixes with 5 classes: 1.9 s of a 3.7 s validation before). Both ways
+    give the same answer: the boxes go to the kernel in float64, where adding a whole-number offset to float32
+    coordinates is exact (so are the IoUs, the same as without it), and the kernel sorts scores stably, so both
+    visit a class's boxes in ``det``'s order (kept indices sorted ascending are in confidence order). A 2x ensemble of
+    one model, twice the candidates, keeps exactly what the model alone keeps.
     """
     nms = _nms_kernel()
-    boxes, scores = det[:, :4], det[:, 4]
     if agnostic:
-        return nms(boxes, scores, iou_thres)
+        return nms(det[:, :4], det[:, 4], iou_thres)
+    boxes, scores, cls = det[:, :4].double(), det[:, 4].double(), det[:, 5].double()
     if det.shape[0] < PER_CLASS_NMS:
-        return nms(boxes + det[:, 5:6] * (boxes.max() - boxes.min() + 1), scores, iou_thres)
-    cls = det[:, 5]
+        return nms(boxes + cls[:, None] * (boxes.max() - boxes.min() + 1).ceil(), scores, iou_thres)
     groups = ((cls == c).nonzero()[:, 0] for c in cls.unique())
     keep = [idx[nms(boxes[idx], scores[idx], iou_thres)] for idx in groups]
     return torch.cat(keep).sort().values
