@@ -92,6 +92,7 @@ def test_own_checkpoint_fine_tunes_with_frozen_backbone(scratch_run, tiny, tmp_p
     out = capsys.readouterr().out
     assert "Transferred 349/349 items from best.pt" in out
     assert "Image sizes 64 train, 96 val" in out
+    assert "train: Caching images" in out and "val: Caching images" in out  # --cache covers validation, as YOLOv5
     before, after = read_checkpoint(src)["state_dict"], read_checkpoint(save_dir / "weights" / "last.pt")["state_dict"]
     assert torch.allclose(after["model.0.conv.weight"], before["model.0.conv.weight"], atol=1e-6)  # frozen
     assert not torch.allclose(after["model.24.m.0.weight"], before["model.24.m.0.weight"])  # trained

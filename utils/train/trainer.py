@@ -293,6 +293,7 @@ def _make_loaders(data: dict, opt, hyp: dict, imgsz: int, imgsz_val: int, batch_
         val_loader = create_dataloader(
             data["val"], data["nc"], imgsz_val, batch_size // ws * 2, gs, rect=True, pad=0.5,
             workers=opt.workers * 2, prefix="val: ", single_cls=opt.single_cls, persistent=True,
+            cache=None if opt.noval else opt.cache,  # as YOLOv5: --cache holds the validated images too
         )[0]  # fmt: skip
     return train_loader, dataset, sampler, val_loader
 
