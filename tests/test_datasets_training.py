@@ -76,3 +76,17 @@ def test_training_batches_come_channels_last_with_the_same_pixels(tmp_path):
     x = ims.float().div_(255)  # the training loop's conversion keeps the layout
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert x.data_ptr() == x.contiguous(memory_format=torch.channels_last).data_ptr()
+
+
+def test_the_training_loops_input_conversion_keeps_or_drops_channels_last_as_asked():
+    """The loop converts a batch with ``image_input`` (the one uint8 -> 0-1 float path): a channels_last batch stays
+    channels_last (the CPU trains in it) and becomes NCHW-contiguous only where the device trains in NCHW (CUDA)."""
+    from utils.devices import image_input
+
+    nhwc = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    batch = nhwc.permute(0, 3, 1, 2)  # what collate_fn gives for training items
+    x = image_input(batch, torch.device("cpu"))
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x, batch.float() / 255)
+    nchw = x.contiguous(memory_format=torch.contiguous_format)
+    assert nchw.is_contiguous() and torch.equal(nchw, x)

@@ -27,7 +27,7 @@ from models.yolo import fused_copy
 from utils.checkpoints import save_atomic
 from utils.data.dataset_config import load_data_config
 from utils.data.datasets import create_dataloader, label_stats, make_loader
-from utils.devices import autocast_dtype
+from utils.devices import autocast_dtype, image_input
 from utils.evaluate import EvalOptions, evaluate
 from utils.log import LOGGER
 from utils.metrics import fitness
@@ -327,7 +327,7 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
     job.optimizer.zero_grad()
     for i, (imgs, targets, paths, _) in enumerate(bar):
         ni = i + job.nb * epoch
-        imgs = imgs.to(device, non_blocking=True).float().div_(255)  # keeps the loader's channels_last layout
+        imgs = image_input(imgs, device)  # 0-1 float, scaled in place: keeps the loader's channels_last layout
         if ni <= job.nw:
             job.accumulate = warmup(job.optimizer, ni, job.nw, job.lf(epoch), job.hyp, job.batch_size, opt.nbs)
         if opt.multi_scale:
