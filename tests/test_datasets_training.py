@@ -90,3 +90,19 @@ def test_the_training_loops_input_conversion_keeps_or_drops_channels_last_as_ask
     assert torch.equal(x, batch.float() / 255)
     nchw = x.contiguous(memory_format=torch.contiguous_format)
     assert nchw.is_contiguous() and torch.equal(nchw, x)
+
+
+def test_quad_gives_the_same_batch_from_channels_last_training_items(monkeypatch):
+    """Training items arrive CHW laid out HWC (channels_last strides); quad collation tiles and upscales them to the
+    same pixels as from CHW-contiguous items, for both of its branches."""
+    gen = torch.Generator().manual_seed(0)
+    hwc = [torch.randint(0, 256, (4, 6, 3), dtype=torch.uint8, generator=gen) for _ in range(8)]
+    lb = torch.tensor([[0.0, 1, 0.5, 0.5, 0.2, 0.2]])
+    nhwc = [(im.permute(2, 0, 1), lb.clone(), f"{k}.jpg", None) for k, im in enumerate(hwc)]
+    nchw = [(im.permute(2, 0, 1).contiguous(), lb.clone(), f"{k}.jpg", None) for k, im in enumerate(hwc)]
+    assert nhwc[0][0].stride(0) == 1 and nchw[0][0].is_contiguous()
+    for r in (0.9, 0.1):  # 2x2 tile, then 2x upscale
+        monkeypatch.setattr(datasets.torch, "rand", lambda *a, r=r, **k: torch.tensor([r]))
+        a, la, _, _ = collate_quad(nhwc)
+        b, lb_, _, _ = collate_quad(nchw)
+        assert a.shape == (2, 3, 8, 12) and torch.equal(a, b) and torch.equal(la, lb_)
