@@ -109,11 +109,21 @@ def test_official_weights_on_coco_images(coco8, yolov5n_pt, tmp_path, capsys):
 
 def test_each_epoch_is_validated_as_its_checkpoint_loads(coco8, yolov5n_pt, tmp_path, monkeypatch):
     """Per-epoch validation runs a Conv+BN-fused copy of the EMA, as val.py and the final validation load best.pt:
-    the epoch's row is the final figures, and the EMA itself stays unfused. Training keeps its freed heap."""
+    the epoch's row is the final figures, and the EMA itself stays unfused. Training keeps its freed heap. Both
+    passes run the model in the CPU's training layout, channels_last (best.pt loads NCHW: 1.3x slower there)."""
     import utils.evaluate
+    from utils.train import trainer
 
-    trims = []
+    trims, layouts = [], []
     monkeypatch.setattr(utils.evaluate, "release_free_memory", lambda: trims.append(1))
+    validate = trainer.validate
+
+    def recording_validate(model, *args, **kwargs):
+        w = model.model[0].conv.weight  # 16x3x6x6: its channels_last strides differ from NCHW's
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        return validate(model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validate", recording_validate)
     per_epoch, final = [], []
     callbacks = {
         "on_fit_epoch_end": [lambda epoch, results, fitness: per_epoch.append(results)],
@@ -124,6 +134,7 @@ def test_each_epoch_is_validated_as_its_checkpoint_loads(coco8, yolov5n_pt, tmp_
     assert len(per_epoch) == 1 and per_epoch[0][2] > 0.2  # COCO weights on COCO images: a real mAP50
     assert per_epoch[0][:4] == final[0][:4]  # P, R, mAP50, mAP50-95 of best.pt as it loads
     assert trims == []
+    assert layouts == [True, True]  # epoch 0, then best.pt at the end
     assert "model.0.bn.weight" in read_checkpoint(save_dir / "weights" / "best.pt")["state_dict"]
 
 
