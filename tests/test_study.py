@@ -20,6 +20,7 @@ from utils.study import (
     ensemble_name,
     ensemble_verdicts,
     frontier_fit,
+    measure_latency,
     model_cost,
     pareto_front,
     power_law_fit,
@@ -75,6 +76,17 @@ def test_frontier_and_verdicts():
     pred = 0.2 * 2.0**b  # 0.2449
     assert f"frontier predicts {pred:.3f} at equal GFLOPs (+{0.31 - pred:.3f}, above the frontier)" in line
     assert "beats s (4.00 GFLOPs, mAP50-95 0.300)" in line
+
+
+def test_cpu_latency_is_measured_in_the_layout_val_and_detect_run():
+    """channels_last model and input on the CPU, as the PyTorch backend runs them (NCHW: ~1.2x slower there)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.MaxPool2d(5, 1, 2))
+    layouts = []
+    net[1].register_forward_pre_hook(lambda m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    assert measure_latency(net, 32, torch.device("cpu"), runs=3, warmup=1) > 0
+    assert layouts == [True] * 4
+    w = net[0].weight  # 8x3x3x3: channels_last strides differ from NCHW's
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
 def test_ensemble_name():
