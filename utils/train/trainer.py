@@ -144,7 +144,7 @@ class TrainJob:
     imgsz_val: int
     batch_size: int  # total over all ranks
     start_epoch: int
-    channels_last: bool
+    memory_format: torch.memory_format  # the model's and batches' layout: channels_last on the CPU, else NCHW
     amp_dtype: torch.dtype | None  # autocast compute type (fp16 CUDA, bf16 CPU) or None for fp32
     scaler: torch.amp.GradScaler = field(init=False)
     nb: int = field(init=False)  # batches per epoch
@@ -221,8 +221,9 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
 
         calib = calibration_batch(data["train"], min(train_val_sizes(opt.imgsz)[0], 640))
         channel_prune(model, opt.prune_channels, opt.prune_method, opt.prune_global, calibration=calib)
-    channels_last = device.type == "cpu"  # oneDNN's NHWC convolutions are faster on the CPU
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # oneDNN's NHWC convolutions are faster on the CPU
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     freeze_layers(model, opt.freeze)
     gs = max(int(model.stride.max()), 32)
     imgsz, imgsz_val = (check_img_size(s, gs) for s in train_val_sizes(opt.imgsz))
@@ -258,7 +259,7 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
         hyp, opt, device, save_dir, main, ws, plots, names, nc, model, ema, optimizer, scheduler, lf, dataset,
         train_loader, sampler, val_loader, YoloLoss(hyp_loss, det.anchors, det.stride, nc),
         EarlyStopping(opt.patience, best_fitness, best_epoch), gs, imgsz, imgsz_val, batch_size, start_epoch,
-        channels_last, amp_dtype=autocast_dtype(device) if opt.amp else None, accumulate=accumulate,
+        memory_format, amp_dtype=autocast_dtype(device) if opt.amp else None, accumulate=accumulate,
     )  # fmt: skip
     if main and not opt.evolve:
         job.loggers = TrainLoggers(save_dir)
@@ -269,10 +270,6 @@ def setup(hyp: dict, opt: argparse.Namespace, device: torch.device) -> TrainJob:
             f"Logging results to {save_dir}\nStarting training for {opt.epochs} epochs..."
         )
     return job
-
-
-def _memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _precision_line(amp_dtype: torch.dtype | None) -> str:
@@ -336,7 +333,7 @@ def train_one_epoch(job: TrainJob, epoch: int, callbacks: Callbacks | None = Non
             job.accumulate = warmup(job.optimizer, ni, job.nw, job.lf(epoch), job.hyp, job.batch_size, opt.nbs)
         if opt.multi_scale:
             imgs = _random_rescale(imgs, job.imgsz, job.gs)
-        imgs = imgs.contiguous(memory_format=_memory_format(job.channels_last))
+        imgs = imgs.contiguous(memory_format=job.memory_format)
         loss_items = _train_step(job, imgs, targets, ni)
         if job.main:
             mloss = (mloss * i + loss_items) / (i + 1)
@@ -448,7 +445,7 @@ def finish(job: TrainJob, epochs_done: int, seconds: float, callbacks: Callbacks
 
         LOGGER.info(f"\nValidating {best}...")
         # in the layout each epoch was validated in: NCHW ran this pass 1.3x slower on the CPU (SPPF's max pools 8x)
-        model_best = load_model(best, job.device).to(memory_format=_memory_format(job.channels_last))
+        model_best = load_model(best, job.device).to(memory_format=job.memory_format)
         job.results, _ = validate(
             model_best, job.val_loader, job.names, job.device, job.compute_loss, opt, job.save_dir,
             plots=job.plots, verbose=True, amp_dtype=job.amp_dtype,
