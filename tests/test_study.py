@@ -87,6 +87,11 @@ def test_cpu_latency_is_measured_in_the_layout_val_and_detect_run():
     assert layouts == [True] * 4
     w = net[0].weight  # 8x3x3x3: channels_last strides differ from NCHW's
     assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    # any other device (CUDA) the same way, as the backend runs there: shown on "meta", which needs no GPU
+    meta, inputs = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).to("meta"), []
+    meta[0].register_forward_pre_hook(lambda m, a: inputs.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+    measure_latency(meta, 32, torch.device("meta"), runs=2, warmup=1)
+    assert inputs == [True] * 3 and not meta[0].weight.is_contiguous()
 
 
 def test_ensemble_name():

@@ -70,15 +70,14 @@ def model_cost(models: Sequence[nn.Module], imgsz: int) -> tuple[int, float]:
 def measure_latency(net: nn.Module, imgsz: int, device: torch.device, runs: int = 20, warmup: int = 5) -> float:
     """Median milliseconds of one forward pass of ``net`` on a Tensor[1, 3, imgsz, imgsz] on ``device``.
 
-    On the CPU ``net`` is switched to channels_last and fed a channels_last input, the layout ``val.py`` and
-    ``detect.py`` run in there (yolov5n at 160 px: 13.2 vs 16.2 ms in NCHW on this project's 2-core CPU).
+    ``net`` is switched to channels_last (in place) and fed a channels_last input on every device, as
+    ``PyTorchBackend`` runs ``val.py`` and ``detect.py`` (yolov5n at 160 px: 13.2 vs 16.2 ms in NCHW on this
+    project's 2-core CPU).
     """
     from utils.devices import sync_time
 
-    x = torch.zeros(1, 3, imgsz, imgsz, device=device)
-    if device.type == "cpu":
-        net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    net.to(memory_format=torch.channels_last)
+    x = torch.zeros(1, 3, imgsz, imgsz, device=device).contiguous(memory_format=torch.channels_last)
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
